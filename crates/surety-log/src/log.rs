@@ -17,7 +17,7 @@ use crate::config::LogConfig;
 use crate::error::{AppendError, Corruption, OpenError, ReadError, RetentionError};
 use crate::index::{self, IndexEntry};
 use crate::record::{DecodeError, NewRecord, Record};
-use crate::recovery::{self, RepairReport};
+use crate::recovery::{self, RecoveryReport, RepairReport};
 use crate::segment::{FrameCursor, index_path};
 use crate::storage::{FileStorage, Storage, StorageFile};
 use crate::writer::{self, Pending, Queue};
@@ -97,6 +97,7 @@ impl std::fmt::Debug for Inner {
 pub struct Log {
     inner: Arc<Inner>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    recovery: RecoveryReport,
 }
 
 impl Log {
@@ -115,6 +116,11 @@ impl Log {
     ) -> Result<Log, OpenError> {
         let (log, _) = Self::open_inner(storage, dir.as_ref(), config, false)?;
         Ok(log)
+    }
+
+    /// What opening this log found and did (truncated tail, removed or quarantined files).
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
     }
 
     /// Opens like [`Log::open`], but instead of failing on corruption, moves each
@@ -152,12 +158,14 @@ impl Log {
         });
         let handle = writer::spawn(inner.clone(), recovered.active_end_pos)
             .map_err(crate::error::io_at(dir))?;
+        let report = recovered.report;
         Ok((
             Log {
                 inner,
                 writer: Mutex::new(Some(handle)),
+                recovery: report.clone(),
             },
-            recovered.report,
+            report,
         ))
     }
 
