@@ -1,0 +1,709 @@
+//! The consumer-group state machine for one partition: sans-IO, clock injected.
+//!
+//! It never touches disk, network or the wall clock. Every change happens through an
+//! [`Event`]; the `plan_*` methods decide, apply the events to `self`, and return them.
+//! The caller must make those events durable (the group journal) before it answers
+//! anyone; if it cannot, it must drop this state and rebuild it by replaying the journal
+//! with [`GroupPartition::apply`]. Replay is deterministic (backoff jitter is a hash, not
+//! an RNG), so the rebuilt state is the one that was answered from.
+//!
+//! Offsets move through: fresh (never seen) → in flight (leased to one consumer) →
+//! acked, or waiting (nacked / lease expired / delayed) → in flight again … → dead
+//! lettered once `max_deliveries` deliveries all failed. Acked, dead-lettered, skipped
+//! (addressed to another group) and retention-expired offsets are *settled*; everything
+//! below `committed` is settled.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::backoff::Backoff;
+
+/// Milliseconds on the injected clock.
+pub type Millis = u64;
+
+/// Per-group delivery policy (from the topic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPolicy {
+    /// Deliveries before a message is dead-lettered (at least 1).
+    pub max_deliveries: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for GroupPolicy {
+    fn default() -> Self {
+        Self {
+            max_deliveries: 5,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What the caller read from the log about the next fresh offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshMessage {
+    pub offset: u64,
+    /// Delayed delivery: not visible before this time.
+    pub not_before: Option<Millis>,
+    /// A resend addressed to another group: this group settles it without delivery.
+    pub for_other_group: bool,
+}
+
+/// Every change to a group partition. These are what the journal stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Leased to a consumer; `delivery` is the delivery count including this one.
+    Delivered {
+        offset: u64,
+        delivery: u32,
+        at: Millis,
+        lease_until: Millis,
+    },
+    /// A fresh, delayed message set aside until `visible_at`.
+    Deferred {
+        offset: u64,
+        visible_at: Millis,
+    },
+    /// A fresh message addressed to another group.
+    Skipped {
+        offset: u64,
+    },
+    Acked {
+        offset: u64,
+        delivery: u32,
+    },
+    /// Nacked, or its lease expired: visible again at `visible_at`.
+    Released {
+        offset: u64,
+        delivery: u32,
+        visible_at: Millis,
+        reason: String,
+        at: Millis,
+    },
+    /// Out of deliveries: moved to the group's dead letters.
+    DeadLettered {
+        offset: u64,
+        reason: String,
+        at: Millis,
+        attempts: u32,
+        first_delivered_at: Option<Millis>,
+        last_delivered_at: Option<Millis>,
+    },
+    /// Retention deleted unsettled messages below `below` (only when the topic allows).
+    ExpiredUnsettled {
+        below: u64,
+    },
+}
+
+/// A lease handed out by `plan_fetch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub offset: u64,
+    pub delivery: u32,
+    pub lease_until: Millis,
+}
+
+/// Why an ack or nack was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettleError {
+    #[error("offset {0} was never delivered to this group")]
+    NotDelivered(u64),
+    #[error("the lease of delivery {delivery} of offset {offset} has expired")]
+    LeaseExpired { offset: u64, delivery: u32 },
+    #[error("delivery {delivery} of offset {offset} is not the current one ({current})")]
+    StaleDelivery {
+        offset: u64,
+        delivery: u32,
+        current: u32,
+    },
+}
+
+/// Why an event could not be applied during replay (a journal that does not belong to
+/// this state, or a bug). The state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {event:?} does not apply: {why}")]
+pub struct ApplyError {
+    pub event: Box<Event>,
+    pub why: &'static str,
+}
+
+/// Outcome of a successful ack or nack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The event that settled or released it (journal it).
+    Changed(Event),
+    /// Already settled earlier: a repeated ack, harmless.
+    AlreadySettled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attempt {
+    deliveries: u32,
+    first_delivered_at: Option<Millis>,
+    last_delivered_at: Option<Millis>,
+    last_reason: Option<String>,
+    state: AttemptState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptState {
+    InFlight { delivery: u32, lease_until: Millis },
+    Waiting { visible_at: Millis },
+}
+
+/// Totals since the group was created (they survive restarts through the journal).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub acked: u64,
+    pub dead_lettered: u64,
+    pub skipped: u64,
+    pub expired_unsettled: u64,
+    /// Deliveries after the first.
+    pub redeliveries: u64,
+}
+
+/// Conservation of messages for one group and partition:
+/// `accepted == acked + in_flight + pending + dead_lettered + expired_unsettled`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    pub accepted: u64,
+    pub acked: u64,
+    pub in_flight: u64,
+    /// Not yet delivered, or waiting for redelivery.
+    pub pending: u64,
+    pub dead_lettered: u64,
+    pub expired_unsettled: u64,
+    pub redeliveries: u64,
+}
+
+impl GroupStats {
+    pub fn is_conserved(&self) -> bool {
+        self.accepted
+            == self.acked
+                + self.in_flight
+                + self.pending
+                + self.dead_lettered
+                + self.expired_unsettled
+    }
+}
+
+/// One consumer group's state for one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPartition {
+    policy: GroupPolicy,
+    /// First offset this group is responsible for (the log start when it was created).
+    start: u64,
+    /// Every offset below is settled.
+    committed: u64,
+    /// Offsets at or above were never seen by this group.
+    next_fresh: u64,
+    /// Settled offsets in `[committed, next_fresh)`.
+    settled: BTreeSet<u64>,
+    /// Seen, unsettled offsets: in flight or waiting.
+    attempts: BTreeMap<u64, Attempt>,
+    /// In-flight offsets by lease expiry.
+    leases: BTreeSet<(Millis, u64)>,
+    /// Waiting offsets by visibility time.
+    waiting: BTreeSet<(Millis, u64)>,
+    counters: Counters,
+}
+
+impl GroupPartition {
+    /// A new group that starts consuming at `start`.
+    pub fn new(policy: GroupPolicy, start: u64) -> Self {
+        Self {
+            policy,
+            start,
+            committed: start,
+            next_fresh: start,
+            settled: BTreeSet::new(),
+            attempts: BTreeMap::new(),
+            leases: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn policy(&self) -> &GroupPolicy {
+        &self.policy
+    }
+
+    /// Topic settings may change; they apply to the next decisions.
+    pub fn set_policy(&mut self, policy: GroupPolicy) {
+        self.policy = policy;
+    }
+
+    /// Lowest unsettled offset: retention must not delete at or above it.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// The next offset this group has never seen: where `plan_fetch` wants fresh
+    /// messages from.
+    pub fn next_fresh(&self) -> u64 {
+        self.next_fresh
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The delivery count of an unsettled offset (0 if never delivered or settled).
+    pub fn deliveries(&self, offset: u64) -> u32 {
+        self.attempts.get(&offset).map_or(0, |a| a.deliveries)
+    }
+
+    /// The offsets leased right now, with their delivery numbers.
+    pub fn in_flight(&self) -> impl Iterator<Item = Lease> + '_ {
+        self.leases.iter().map(|&(lease_until, offset)| {
+            let delivery = match self.attempts[&offset].state {
+                AttemptState::InFlight { delivery, .. } => delivery,
+                AttemptState::Waiting { .. } => unreachable!("leases index only in-flight offsets"),
+            };
+            Lease {
+                offset,
+                delivery,
+                lease_until,
+            }
+        })
+    }
+
+    pub fn is_settled(&self, offset: u64) -> bool {
+        offset < self.committed || self.settled.contains(&offset)
+    }
+
+    /// Whether a fetch at `now` could deliver something that is already known to this
+    /// group (a due redelivery or an expired lease), besides fresh messages.
+    pub fn has_due(&self, now: Millis) -> bool {
+        self.waiting.first().is_some_and(|&(t, _)| t <= now)
+            || self.leases.first().is_some_and(|&(t, _)| t <= now)
+    }
+
+    /// The earliest time something known becomes due (for long-poll wake-ups).
+    pub fn next_due(&self) -> Option<Millis> {
+        let w = self.waiting.first().map(|&(t, _)| t);
+        let l = self.leases.first().map(|&(t, _)| t);
+        w.into_iter().chain(l).min()
+    }
+
+    pub fn stats(&self, log_end: u64) -> GroupStats {
+        let seen_end = self.next_fresh.max(log_end);
+        let accepted = seen_end - self.start - self.counters.skipped;
+        let in_flight = self.leases.len() as u64;
+        let pending = self.waiting.len() as u64 + (seen_end - self.next_fresh);
+        GroupStats {
+            accepted,
+            acked: self.counters.acked,
+            in_flight,
+            pending,
+            dead_lettered: self.counters.dead_lettered,
+            expired_unsettled: self.counters.expired_unsettled,
+            redeliveries: self.counters.redeliveries,
+        }
+    }
+
+    /// Expires every lease that ran out by `now`: the message is visible again at once,
+    /// or dead-lettered if it has used all its deliveries.
+    pub fn plan_expiry(&mut self, now: Millis) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Some(&(lease_until, offset)) = self.leases.first() {
+            if lease_until > now {
+                break;
+            }
+            let a = &self.attempts[&offset];
+            let AttemptState::InFlight { delivery, .. } = a.state else {
+                unreachable!("leases index only in-flight offsets")
+            };
+            let e = self.release_or_dead_letter(
+                offset,
+                delivery,
+                lease_until,
+                "lease expired".into(),
+                now,
+            );
+            self.apply_checked(&e);
+            events.push(e);
+        }
+        events
+    }
+
+    /// Leases up to `max` messages until `now + lease_ms`: first the due redeliveries
+    /// (oldest due first), then fresh messages in partition order. `fresh` must start at
+    /// [`Self::next_fresh`] and be contiguous; it may be shorter than `max` (end of log).
+    /// Returns the journal events (expiries, deferrals and skips included) and the
+    /// leases handed out.
+    pub fn plan_fetch(
+        &mut self,
+        now: Millis,
+        max: usize,
+        lease_ms: u64,
+        fresh: &[FreshMessage],
+    ) -> (Vec<Event>, Vec<Lease>) {
+        let mut events = self.plan_expiry(now);
+        let mut leases = Vec::new();
+        let lease_until = now.saturating_add(lease_ms.max(1));
+        while leases.len() < max {
+            let Some(&(visible_at, offset)) = self.waiting.first() else {
+                break;
+            };
+            if visible_at > now {
+                break;
+            }
+            let delivery = self.attempts[&offset].deliveries + 1;
+            let e = Event::Delivered {
+                offset,
+                delivery,
+                at: now,
+                lease_until,
+            };
+            self.apply_checked(&e);
+            events.push(e);
+            leases.push(Lease {
+                offset,
+                delivery,
+                lease_until,
+            });
+        }
+        for m in fresh {
+            if leases.len() >= max {
+                break;
+            }
+            if m.offset != self.next_fresh {
+                // Not contiguous with what this group has seen: a caller bug. Stop here
+                // rather than skip offsets.
+                debug_assert!(
+                    false,
+                    "fresh offset {} but next_fresh is {}",
+                    m.offset, self.next_fresh
+                );
+                break;
+            }
+            let e = if m.for_other_group {
+                Event::Skipped { offset: m.offset }
+            } else if let Some(nb) = m.not_before.filter(|&nb| nb > now) {
+                Event::Deferred {
+                    offset: m.offset,
+                    visible_at: nb,
+                }
+            } else {
+                leases.push(Lease {
+                    offset: m.offset,
+                    delivery: 1,
+                    lease_until,
+                });
+                Event::Delivered {
+                    offset: m.offset,
+                    delivery: 1,
+                    at: now,
+                    lease_until,
+                }
+            };
+            self.apply_checked(&e);
+            events.push(e);
+        }
+        (events, leases)
+    }
+
+    /// Acknowledges delivery `delivery` of `offset`: settled for good.
+    pub fn plan_ack(
+        &mut self,
+        now: Millis,
+        offset: u64,
+        delivery: u32,
+    ) -> Result<Settled, SettleError> {
+        if self.is_settled(offset) {
+            return Ok(Settled::AlreadySettled);
+        }
+        self.check_current(now, offset, delivery)?;
+        let e = Event::Acked { offset, delivery };
+        self.apply_checked(&e);
+        Ok(Settled::Changed(e))
+    }
+
+    /// Negatively acknowledges: visible again after `max(delay_ms, backoff)`, or dead
+    /// lettered when this was the last allowed delivery.
+    pub fn plan_nack(
+        &mut self,
+        now: Millis,
+        offset: u64,
+        delivery: u32,
+        delay_ms: u64,
+        reason: String,
+    ) -> Result<Settled, SettleError> {
+        if self.is_settled(offset) {
+            return Ok(Settled::AlreadySettled);
+        }
+        self.check_current(now, offset, delivery)?;
+        let backoff = self.policy.backoff.delay_ms(offset, delivery);
+        let visible_at = now.saturating_add(delay_ms.max(backoff));
+        let e = self.release_or_dead_letter(offset, delivery, visible_at, reason, now);
+        self.apply_checked(&e);
+        Ok(Settled::Changed(e))
+    }
+
+    /// Retention deleted the log below `below` although messages there were unsettled
+    /// (only when the topic explicitly allows it): they are counted, then settled.
+    pub fn plan_expire_unsettled(&mut self, below: u64) -> Option<Event> {
+        if below <= self.committed {
+            return None;
+        }
+        let e = Event::ExpiredUnsettled { below };
+        self.apply_checked(&e);
+        Some(e)
+    }
+
+    fn check_current(&self, now: Millis, offset: u64, delivery: u32) -> Result<(), SettleError> {
+        let Some(a) = self.attempts.get(&offset) else {
+            return Err(SettleError::NotDelivered(offset));
+        };
+        match a.state {
+            AttemptState::InFlight {
+                delivery: current,
+                lease_until,
+            } => {
+                if current != delivery {
+                    Err(SettleError::StaleDelivery {
+                        offset,
+                        delivery,
+                        current,
+                    })
+                } else if lease_until <= now {
+                    Err(SettleError::LeaseExpired { offset, delivery })
+                } else {
+                    Ok(())
+                }
+            }
+            AttemptState::Waiting { .. } if delivery < a.deliveries || delivery == 0 => {
+                Err(SettleError::StaleDelivery {
+                    offset,
+                    delivery,
+                    current: a.deliveries,
+                })
+            }
+            AttemptState::Waiting { .. } if delivery == a.deliveries => {
+                Err(SettleError::LeaseExpired { offset, delivery })
+            }
+            AttemptState::Waiting { .. } => Err(SettleError::NotDelivered(offset)),
+        }
+    }
+
+    fn release_or_dead_letter(
+        &self,
+        offset: u64,
+        delivery: u32,
+        visible_at: Millis,
+        reason: String,
+        now: Millis,
+    ) -> Event {
+        let a = &self.attempts[&offset];
+        if a.deliveries >= self.policy.max_deliveries.max(1) {
+            Event::DeadLettered {
+                offset,
+                reason,
+                at: now,
+                attempts: a.deliveries,
+                first_delivered_at: a.first_delivered_at,
+                last_delivered_at: a.last_delivered_at,
+            }
+        } else {
+            Event::Released {
+                offset,
+                delivery,
+                visible_at,
+                reason,
+                at: now,
+            }
+        }
+    }
+
+    fn apply_checked(&mut self, e: &Event) {
+        if let Err(err) = self.apply(e) {
+            unreachable!("planned event does not apply: {err}");
+        }
+    }
+
+    /// Applies one event (replay, or the plan methods themselves). An event that does not
+    /// fit the state is refused and changes nothing.
+    pub fn apply(&mut self, e: &Event) -> Result<(), ApplyError> {
+        let fail = |why| {
+            Err(ApplyError {
+                event: Box::new(e.clone()),
+                why,
+            })
+        };
+        match *e {
+            Event::Delivered {
+                offset,
+                delivery,
+                at,
+                lease_until,
+            } => {
+                if offset == self.next_fresh {
+                    if delivery != 1 {
+                        return fail("a fresh offset's first delivery must be 1");
+                    }
+                    self.next_fresh += 1;
+                    self.attempts.insert(
+                        offset,
+                        Attempt {
+                            deliveries: 0,
+                            first_delivered_at: None,
+                            last_delivered_at: None,
+                            last_reason: None,
+                            state: AttemptState::Waiting { visible_at: at },
+                        },
+                    );
+                    self.waiting.insert((at, offset));
+                }
+                let Some(a) = self.attempts.get_mut(&offset) else {
+                    return fail("offset is not pending");
+                };
+                let AttemptState::Waiting { visible_at } = a.state else {
+                    return fail("offset is already in flight");
+                };
+                if delivery != a.deliveries + 1 {
+                    return fail("delivery count must rise by one");
+                }
+                self.waiting.remove(&(visible_at, offset));
+                a.deliveries = delivery;
+                a.first_delivered_at.get_or_insert(at);
+                a.last_delivered_at = Some(at);
+                a.state = AttemptState::InFlight {
+                    delivery,
+                    lease_until,
+                };
+                self.leases.insert((lease_until, offset));
+                if delivery > 1 {
+                    self.counters.redeliveries += 1;
+                }
+            }
+            Event::Deferred { offset, visible_at } => {
+                if offset != self.next_fresh {
+                    return fail("only the next fresh offset can be deferred");
+                }
+                self.next_fresh += 1;
+                self.attempts.insert(
+                    offset,
+                    Attempt {
+                        deliveries: 0,
+                        first_delivered_at: None,
+                        last_delivered_at: None,
+                        last_reason: None,
+                        state: AttemptState::Waiting { visible_at },
+                    },
+                );
+                self.waiting.insert((visible_at, offset));
+            }
+            Event::Skipped { offset } => {
+                if offset != self.next_fresh {
+                    return fail("only the next fresh offset can be skipped");
+                }
+                self.next_fresh += 1;
+                self.counters.skipped += 1;
+                self.settle(offset);
+            }
+            Event::Acked { offset, delivery } => {
+                match self.attempts.get(&offset).map(|a| a.state) {
+                    Some(AttemptState::InFlight {
+                        delivery: current,
+                        lease_until,
+                    }) if current == delivery => {
+                        self.leases.remove(&(lease_until, offset));
+                    }
+                    _ => {
+                        return fail(
+                            "only the current delivery of an in-flight offset can be acked",
+                        );
+                    }
+                }
+                self.attempts.remove(&offset);
+                self.counters.acked += 1;
+                self.settle(offset);
+            }
+            Event::Released {
+                offset,
+                delivery,
+                visible_at,
+                ref reason,
+                ..
+            } => {
+                let Some(a) = self.attempts.get_mut(&offset) else {
+                    return fail("offset is not pending");
+                };
+                match a.state {
+                    AttemptState::InFlight {
+                        delivery: current,
+                        lease_until,
+                    } if current == delivery => {
+                        self.leases.remove(&(lease_until, offset));
+                    }
+                    _ => {
+                        return fail(
+                            "only the current delivery of an in-flight offset can be released",
+                        );
+                    }
+                }
+                a.state = AttemptState::Waiting { visible_at };
+                a.last_reason = Some(reason.clone());
+                self.waiting.insert((visible_at, offset));
+            }
+            Event::DeadLettered { offset, .. } => {
+                let Some(a) = self.attempts.remove(&offset) else {
+                    return fail("offset is not pending");
+                };
+                match a.state {
+                    AttemptState::InFlight { lease_until, .. } => {
+                        self.leases.remove(&(lease_until, offset))
+                    }
+                    AttemptState::Waiting { visible_at } => {
+                        self.waiting.remove(&(visible_at, offset))
+                    }
+                };
+                self.counters.dead_lettered += 1;
+                self.settle(offset);
+            }
+            Event::ExpiredUnsettled { below } => {
+                let mut expired = 0;
+                let pending: Vec<u64> = self.attempts.range(..below).map(|(&o, _)| o).collect();
+                for o in pending {
+                    let a = self.attempts.remove(&o).unwrap();
+                    match a.state {
+                        AttemptState::InFlight { lease_until, .. } => {
+                            self.leases.remove(&(lease_until, o))
+                        }
+                        AttemptState::Waiting { visible_at } => {
+                            self.waiting.remove(&(visible_at, o))
+                        }
+                    };
+                    expired += 1;
+                }
+                if below > self.next_fresh {
+                    expired += below - self.next_fresh;
+                    self.next_fresh = below;
+                }
+                self.counters.expired_unsettled += expired;
+                // Everything below is settled now.
+                let keep = self.settled.split_off(&below);
+                self.settled = keep;
+                self.committed = self.committed.max(below);
+                self.advance_committed();
+            }
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, offset: u64) {
+        self.settled.insert(offset);
+        self.advance_committed();
+    }
+
+    fn advance_committed(&mut self) {
+        while self.settled.first() == Some(&self.committed) {
+            self.settled.pop_first();
+            self.committed += 1;
+        }
+        // Offsets below `committed` need no record.
+        while self.settled.first().is_some_and(|&o| o < self.committed) {
+            self.settled.pop_first();
+        }
+    }
+}
