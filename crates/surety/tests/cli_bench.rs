@@ -1,0 +1,89 @@
+//! Runs the built `surety` binary end to end: a very short `bench log` must produce
+//! complete JSON, write no Markdown, and leave no benchmark files behind.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn positive(v: &Value, path: &str) -> f64 {
+    let x = v
+        .pointer(path)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} missing or not a number in {v:#}"));
+    assert!(x > 0.0, "{path} = {x}, expected > 0");
+    x
+}
+
+#[test]
+fn bench_log_json() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_surety"))
+        .args([
+            "bench",
+            "log",
+            "--seconds",
+            "0.2",
+            "--appenders",
+            "1,4",
+            "--no-write",
+            "--json",
+        ])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "surety failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+
+    for row in ["/raw_batched", "/raw_per_message"] {
+        for field in [
+            "/msgs_per_sec",
+            "/mb_per_sec",
+            "/latency/p50_us",
+            "/latency/p99_us",
+            "/latency/mean_us",
+            "/fsyncs_per_sec",
+            "/records_per_fsync",
+        ] {
+            positive(&v, &format!("{row}{field}"));
+        }
+    }
+    let log = v["log"].as_array().expect("log rows");
+    let appenders: Vec<u64> = log
+        .iter()
+        .map(|r| r["appenders"].as_u64().unwrap())
+        .collect();
+    assert_eq!(appenders, [1, 4]);
+    for i in 0..log.len() {
+        for field in [
+            "msgs_per_sec",
+            "mb_per_sec",
+            "latency/p50_us",
+            "latency/p99_us",
+            "fsyncs_per_sec",
+            "records_per_fsync",
+            "mean_fsync_us",
+            "vs_raw_batched",
+        ] {
+            positive(&v, &format!("/log/{i}/{field}"));
+        }
+    }
+    // 256 appenders were not run, so only the latency target applies.
+    let ratios = v["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 1);
+    positive(&ratios[0], "/value");
+    positive(&ratios[0], "/target");
+    assert!(v["machine"]["logical_cores"].as_u64().unwrap() > 0);
+    assert_eq!(v["settings"]["seconds"].as_f64(), Some(0.2));
+    assert_eq!(v["settings"]["record_bytes"].as_u64(), Some(1024));
+
+    // --no-write, and the default ./surety-bench is gone again.
+    let left: Vec<_> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
