@@ -1,10 +1,35 @@
 //! `surety-broker`: what a message goes through between publish and its end for every
 //! consumer group — acked, or dead-lettered with a reason.
+//!
+//! - [`group`]: the sans-IO consumer-group state machine (leases, acks, nacks, backoff,
+//!   dead-lettering, conservation counters), driven by events.
+//! - [`broker`]: the embedded broker that persists those events in a group-committed
+//!   journal, and stores partitions and dead letters in `surety-log` logs.
+//! - [`dedupe`], [`topic`], [`receipt`], [`message`], [`codec`]: the pieces around them.
 
 pub mod backoff;
+pub mod broker;
+pub mod codec;
+pub mod dedupe;
+pub mod error;
 pub mod group;
+pub mod message;
+pub mod receipt;
+pub mod topic;
 
 pub use backoff::Backoff;
+pub use broker::{
+    Broker, BrokerOptions, DeadLetter, Delivery, GroupInfo, PublishResult, Selection, TopicInfo,
+};
+pub use dedupe::{
+    Begin, DedupeConfig, DedupeKey, DedupeStats, DedupeTable, Reservation, StoredKey,
+};
+pub use error::BrokerError;
 pub use group::{
     Event, FreshMessage, GroupPartition, GroupPolicy, GroupStats, Lease, SettleError, Settled,
+};
+pub use message::{Lineage, PublishMessage, StoredMessage};
+pub use topic::{
+    ConfigError, NameError, TopicConfig, TopicConfigPatch, partition_for, validate_group_name,
+    validate_topic_name,
 };

@@ -1,0 +1,83 @@
+//! Broker errors, each with a stable code for the wire (`error.code` in REST answers).
+
+use crate::group::SettleError;
+use crate::receipt::ReceiptError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("invalid topic configuration: {0}")]
+    InvalidConfig(String),
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    #[error("message of {size} bytes exceeds the topic limit of {max} bytes")]
+    MessageTooLarge { size: usize, max: usize },
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    #[error(
+        "sequence {sequence} of producer {producer_id:?} is older than the dedupe window (oldest tracked: {oldest_tracked}); it cannot be checked for duplicates"
+    )]
+    SequenceTooOld {
+        producer_id: String,
+        sequence: u64,
+        oldest_tracked: u64,
+    },
+    #[error(transparent)]
+    Receipt(#[from] ReceiptError),
+    #[error("receipt for partition {partition}, which this topic does not have")]
+    UnknownPartition { partition: u32 },
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The topic hit a storage failure earlier and refuses work until the broker restarts.
+    #[error("topic {0:?} is stopped after a storage failure; restart the broker")]
+    TopicFailed(String),
+}
+
+impl BrokerError {
+    /// Stable machine-readable code (documented in docs/errors.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            BrokerError::InvalidName(_) => "invalid_name",
+            BrokerError::InvalidConfig(_) => "invalid_config",
+            BrokerError::TopicNotFound(_) => "topic_not_found",
+            BrokerError::MessageTooLarge { .. } => "message_too_large",
+            BrokerError::InvalidMessage(_) => "invalid_message",
+            BrokerError::SequenceTooOld { .. } => "sequence_too_old",
+            BrokerError::Receipt(_) => "receipt_invalid",
+            BrokerError::UnknownPartition { .. } => "receipt_invalid",
+            BrokerError::Settle(SettleError::LeaseExpired { .. }) => "lease_expired",
+            BrokerError::Settle(SettleError::StaleDelivery { .. }) => "receipt_stale",
+            BrokerError::Settle(_) => "not_delivered",
+            BrokerError::Storage(_) => "storage_failure",
+            BrokerError::TopicFailed(_) => "topic_failed",
+        }
+    }
+}
+
+impl From<surety_log::AppendError> for BrokerError {
+    fn from(e: surety_log::AppendError) -> Self {
+        BrokerError::Storage(e.to_string())
+    }
+}
+
+impl From<surety_log::ReadError> for BrokerError {
+    fn from(e: surety_log::ReadError) -> Self {
+        BrokerError::Storage(e.to_string())
+    }
+}
+
+impl From<surety_log::OpenError> for BrokerError {
+    fn from(e: surety_log::OpenError) -> Self {
+        BrokerError::Storage(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for BrokerError {
+    fn from(e: std::io::Error) -> Self {
+        BrokerError::Storage(e.to_string())
+    }
+}

@@ -1,0 +1,385 @@
+//! End-to-end broker semantics on real files, with an injected clock: publish → fetch →
+//! ack/nack → redelivery → dead letter → resend/purge, idempotent producers, bad input,
+//! and all of it surviving a restart (acks not undone, delivery counts not reset).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use surety_broker::topic::TopicConfigPatch;
+use surety_broker::{Broker, BrokerError, BrokerOptions, PublishMessage, Selection};
+
+struct Env {
+    dir: tempfile::TempDir,
+    clock: Arc<AtomicU64>,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            clock: Arc::new(AtomicU64::new(1_000_000)),
+        }
+    }
+    fn open(&self) -> Broker {
+        let clock = self.clock.clone();
+        Broker::open(
+            self.dir.path(),
+            BrokerOptions {
+                clock: Arc::new(move || clock.load(Ordering::SeqCst)),
+                segment_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
+    }
+    fn advance(&self, ms: u64) {
+        self.clock.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+fn msg(text: &str) -> PublishMessage {
+    PublishMessage {
+        payload: text.as_bytes().to_vec(),
+        ..PublishMessage::default()
+    }
+}
+
+fn patch(json: &str) -> TopicConfigPatch {
+    serde_json::from_str(json).unwrap()
+}
+
+const NO_WAIT: Duration = Duration::ZERO;
+
+#[tokio::test]
+async fn publish_fetch_ack_and_nothing_comes_back_after_restart() {
+    let env = Env::new();
+    let b = env.open();
+    let (_, created) = b
+        .put_topic("orders", &patch(r#"{"partitions":2}"#))
+        .await
+        .unwrap();
+    assert!(created);
+    let res = b
+        .publish("orders", (0..10).map(|i| msg(&format!("m{i}"))).collect())
+        .await
+        .unwrap();
+    assert!(res.iter().all(|r| !r.duplicate));
+    let got = b
+        .fetch("orders", "billing", 100, NO_WAIT, None)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 10);
+    assert!(got.iter().all(|d| d.delivery_count == 1));
+    let receipts: Vec<String> = got.iter().map(|d| d.receipt.clone()).collect();
+    assert_eq!(b.ack("orders", "billing", &receipts).await.unwrap(), 10);
+    assert_eq!(
+        b.ack("orders", "billing", &receipts).await.unwrap(),
+        0,
+        "repeat is harmless"
+    );
+    // Another group is independent.
+    assert_eq!(
+        b.fetch("orders", "audit", 100, NO_WAIT, None)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    b.close();
+    drop(b);
+
+    let b = env.open();
+    env.advance(60 * 60 * 1000);
+    assert!(
+        b.fetch("orders", "billing", 100, NO_WAIT, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The audit group never acked: its leases expired and it gets everything again.
+    let again = b
+        .fetch("orders", "audit", 100, NO_WAIT, None)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 10);
+    assert!(
+        again.iter().all(|d| d.delivery_count == 2),
+        "delivery counts survive restart"
+    );
+    let info = b.describe("orders").await.unwrap();
+    let billing = info.groups.iter().find(|g| g.name == "billing").unwrap();
+    assert_eq!((billing.stats.acked, billing.lag), (10, 0));
+    assert!(info.groups.iter().all(|g| g.stats.is_conserved()));
+}
+
+#[tokio::test]
+async fn nack_until_dead_letter_then_resend_only_to_that_group_then_purge() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic(
+        "jobs",
+        &patch(r#"{"max_deliveries":2,"retry_backoff":{"initial_ms":10,"max_ms":10,"multiplier":1.0,"jitter":0.0}}"#),
+    )
+    .await
+    .unwrap();
+    b.publish("jobs", vec![msg("poison")]).await.unwrap();
+    b.fetch("jobs", "other", 1, NO_WAIT, None).await.unwrap(); // creates the other group
+    for attempt in 1..=2 {
+        let d = b.fetch("jobs", "workers", 1, NO_WAIT, None).await.unwrap();
+        assert_eq!(d[0].delivery_count, attempt);
+        b.nack(
+            "jobs",
+            "workers",
+            &[d[0].receipt.clone()],
+            NO_WAIT,
+            &format!("boom {attempt}"),
+        )
+        .await
+        .unwrap();
+        env.advance(10);
+    }
+    assert!(
+        b.fetch("jobs", "workers", 1, NO_WAIT, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let dls = b.dead_letters("jobs", "workers").await.unwrap();
+    assert_eq!(dls.len(), 1);
+    assert_eq!(
+        (dls[0].reason.as_str(), dls[0].attempts, dls[0].offset),
+        ("boom 2", 2, 0)
+    );
+    assert_eq!(dls[0].message.payload, b"poison");
+    drop(b);
+
+    // Dead letters survive a restart; resend goes to this group only, with lineage.
+    let b = env.open();
+    assert_eq!(b.dead_letters("jobs", "workers").await.unwrap().len(), 1);
+    assert_eq!(
+        b.resend("jobs", "workers", &Selection::All).await.unwrap(),
+        1
+    );
+    let d = b.fetch("jobs", "workers", 10, NO_WAIT, None).await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].delivery_count, 1);
+    let lineage = d[0].message.lineage.clone().unwrap();
+    assert_eq!(
+        (lineage.group.as_str(), lineage.prior_attempts),
+        ("workers", 2)
+    );
+    env.advance(60_000);
+    let other = b.fetch("jobs", "other", 10, NO_WAIT, None).await.unwrap();
+    assert_eq!(
+        other.len(),
+        1,
+        "only the original redelivery, not the resend"
+    );
+    assert_eq!(other[0].message.offset, 0);
+    // The resent copy's lease expired above (its first failed delivery); fail the
+    // second, last one, then purge: counted.
+    let d = b.fetch("jobs", "workers", 1, NO_WAIT, None).await.unwrap();
+    assert_eq!(d[0].delivery_count, 2);
+    b.nack(
+        "jobs",
+        "workers",
+        &[d[0].receipt.clone()],
+        NO_WAIT,
+        "still broken",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.dead_letters("jobs", "workers").await.unwrap()[0].reason,
+        "still broken"
+    );
+    assert_eq!(
+        b.purge("jobs", "workers", &Selection::All).await.unwrap(),
+        1
+    );
+    let info = b.describe("jobs").await.unwrap();
+    let g = info.groups.iter().find(|g| g.name == "workers").unwrap();
+    assert_eq!(
+        (
+            g.dead_letters_live,
+            g.dead_letters_purged,
+            g.dead_letters_resent
+        ),
+        (0, 1, 1)
+    );
+    assert!(g.stats.is_conserved(), "{:?}", g.stats);
+}
+
+#[tokio::test]
+async fn bad_receipts_are_refused_and_change_nothing() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic("t", &TopicConfigPatch::default())
+        .await
+        .unwrap();
+    b.put_topic("u", &TopicConfigPatch::default())
+        .await
+        .unwrap();
+    b.publish("t", vec![msg("a"), msg("b")]).await.unwrap();
+    b.publish("u", vec![msg("a")]).await.unwrap();
+    let d = b
+        .fetch("t", "g", 2, NO_WAIT, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let foreign = b.fetch("u", "g", 1, NO_WAIT, None).await.unwrap();
+    let err = b
+        .ack("t", "g", &[foreign[0].receipt.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "receipt_invalid");
+    let err = b
+        .ack("t", "other", &[d[0].receipt.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "receipt_invalid");
+    let err = b.ack("t", "g", &["garbage".to_string()]).await.unwrap_err();
+    assert_eq!(err.code(), "receipt_invalid");
+    // One bad receipt in a batch: nothing is acked.
+    let err = b
+        .ack("t", "g", &[d[0].receipt.clone(), "garbage".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "receipt_invalid");
+    env.advance(5_000);
+    let err = b.ack("t", "g", &[d[1].receipt.clone()]).await.unwrap_err();
+    assert_eq!(err.code(), "lease_expired");
+    let again = b.fetch("t", "g", 10, NO_WAIT, None).await.unwrap();
+    assert_eq!(again.len(), 2, "nothing was acked by the refused requests");
+}
+
+#[tokio::test]
+async fn idempotent_producer_retries_are_stored_once_even_after_restart() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic("t", &patch(r#"{"partitions":3}"#))
+        .await
+        .unwrap();
+    let m = |seq: u64| PublishMessage {
+        producer_id: Some("p1".into()),
+        sequence: Some(seq),
+        ..msg(&format!("s{seq}"))
+    };
+    let first = b.publish("t", vec![m(0), m(1)]).await.unwrap();
+    let retry = b.publish("t", vec![m(1)]).await.unwrap();
+    assert!(retry[0].duplicate);
+    assert_eq!(
+        (retry[0].partition, retry[0].offset),
+        (first[1].partition, first[1].offset)
+    );
+    drop(b);
+    let b = env.open();
+    let retry = b.publish("t", vec![m(0)]).await.unwrap();
+    assert!(retry[0].duplicate);
+    assert_eq!(
+        (retry[0].partition, retry[0].offset),
+        (first[0].partition, first[0].offset)
+    );
+    let by_id = PublishMessage {
+        id: Some("order-1".into()),
+        ..msg("x")
+    };
+    let a = b.publish("t", vec![by_id.clone()]).await.unwrap();
+    let c = b.publish("t", vec![by_id]).await.unwrap();
+    assert!(!a[0].duplicate && c[0].duplicate);
+    let info = b.describe("t").await.unwrap();
+    assert_eq!(info.end_offsets.iter().sum::<u64>(), 3);
+}
+
+#[tokio::test]
+async fn bad_input_gets_typed_errors_and_changes_nothing() {
+    let env = Env::new();
+    let b = env.open();
+    for bad in ["", ".", "..", "a/b", &"x".repeat(250)] {
+        let err = b
+            .put_topic(bad, &TopicConfigPatch::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_name", "{bad:?}");
+    }
+    let err = b
+        .put_topic("t", &patch(r#"{"partitions":0}"#))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_config");
+    assert!(b.topic_names().is_empty());
+    assert!(matches!(
+        b.publish("nope", vec![msg("a")]).await,
+        Err(BrokerError::TopicNotFound(_))
+    ));
+    b.put_topic("t", &patch(r#"{"max_message_bytes":1024}"#))
+        .await
+        .unwrap();
+    let big = PublishMessage {
+        payload: vec![0; 2000],
+        ..PublishMessage::default()
+    };
+    assert_eq!(
+        b.publish("t", vec![msg("ok"), big])
+            .await
+            .unwrap_err()
+            .code(),
+        "message_too_large"
+    );
+    let reserved = PublishMessage {
+        headers: [("surety.id".to_string(), "x".to_string())].into(),
+        ..msg("a")
+    };
+    assert_eq!(
+        b.publish("t", vec![reserved]).await.unwrap_err().code(),
+        "invalid_message"
+    );
+    let half = PublishMessage {
+        producer_id: Some("p".into()),
+        ..msg("a")
+    };
+    assert_eq!(
+        b.publish("t", vec![half]).await.unwrap_err().code(),
+        "invalid_message"
+    );
+    assert_eq!(
+        b.describe("t").await.unwrap().end_offsets,
+        vec![0],
+        "rejected batches store nothing"
+    );
+    assert_eq!(
+        b.fetch("t", "bad/group", 1, NO_WAIT, None)
+            .await
+            .unwrap_err()
+            .code(),
+        "invalid_name"
+    );
+}
+
+#[tokio::test]
+async fn delayed_messages_and_long_poll() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic("t", &TopicConfigPatch::default())
+        .await
+        .unwrap();
+    let now = env.clock.load(Ordering::SeqCst);
+    let delayed = PublishMessage {
+        not_before: Some(now + 5_000),
+        ..msg("later")
+    };
+    b.publish("t", vec![delayed, msg("now")]).await.unwrap();
+    let d = b.fetch("t", "g", 10, NO_WAIT, None).await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].message.payload, b"now");
+    env.advance(5_000);
+    let d = b.fetch("t", "g", 10, NO_WAIT, None).await.unwrap();
+    assert_eq!(d[0].message.payload, b"later");
+    // Long poll: a fetch waiting for messages is woken by a publish.
+    let b2 = b.clone();
+    let waiter =
+        tokio::spawn(async move { b2.fetch("t", "g2", 10, Duration::from_secs(10), None).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = b.fetch("t", "g2", 0, NO_WAIT, None).await;
+    let got = waiter.await.unwrap().unwrap();
+    assert!(!got.is_empty());
+}
