@@ -47,6 +47,9 @@ pub enum AppendError {
     Frame(#[from] FrameError),
     #[error("an empty batch cannot be appended")]
     EmptyBatch,
+    /// The log reached the largest offset (`record::MAX_OFFSET`); nothing was written.
+    #[error("the log has used up its offset space")]
+    OffsetsExhausted,
     /// A write or fsync failed; the log accepts no more writes until it is reopened.
     #[error("log failed and stopped accepting writes: {0}")]
     Failed(Arc<io::Error>),

@@ -13,6 +13,10 @@
 //! payload           the rest of the frame
 //! ```
 
+/// Largest offset a record may have (offsets are signed 64-bit on the wire, as in Kafka);
+/// keeps every `offset + n` in the code far from overflow.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+
 /// Bytes before the CRC-covered body: `length` and `crc`.
 pub const FRAME_PREFIX_LEN: usize = 8;
 /// Fixed part of the CRC-covered body (offset .. header_count).

@@ -154,8 +154,11 @@ fn try_recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<
                 // ever written to it, so nothing was ever acknowledged from it.
                 storage.remove_file(&path).map_err(io_at(&path))?;
                 storage.sync_dir(dir).map_err(io_at(dir))?;
-                report.removed_incomplete_segment = Some(path);
-                break;
+                // The previous segment is the active one now and must get the tail
+                // recovery of a last segment (it may have been trusted via its index).
+                let mut r = try_recover(storage, dir, config)?;
+                r.report.removed_incomplete_segment = Some(path);
+                return Ok(r);
             }
             let c = corruption(&path, 0, base, format!("damaged segment header: {problem}"));
             return Err(Fault::Corrupt(c, next_base));
@@ -311,7 +314,11 @@ fn load_index(
         return None;
     }
     let idx = IndexFile::decode(&bytes).ok()?;
-    if idx.base_offset != base || idx.segment_len != len || idx.next_offset < base {
+    if idx.base_offset != base
+        || idx.segment_len != len
+        || idx.next_offset < base
+        || idx.next_offset > record::MAX_OFFSET + 1
+    {
         return None;
     }
     if let Some(first) = idx.entries.first()

@@ -85,7 +85,7 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|&b| b <= record::MAX_OFFSET)
 }
 
 /// Parses `00000000000000000042.index` into 42.
@@ -234,6 +234,13 @@ pub fn scan(
             }
             Some(Ok(frame)) => frame,
         };
+        if frame.record.offset > record::MAX_OFFSET {
+            out.stop = Some(ScanStop {
+                pos: cursor.pos,
+                error: DecodeError::Malformed("record offset out of range"),
+            });
+            break;
+        }
         if frame.record.offset < out.next_offset {
             out.stop = Some(ScanStop {
                 pos: cursor.pos,
@@ -294,7 +301,7 @@ pub fn resync(
         let floor = next_min;
         let offset_plausible = |head: &[u8]| {
             let offset = u64::from_le_bytes(head[8..16].try_into().unwrap());
-            offset >= floor && offset - floor < u64::from(u32::MAX)
+            offset >= floor && offset - floor < u64::from(u32::MAX) && offset <= record::MAX_OFFSET
         };
         match cursor.peek_filtered(offset_plausible)? {
             Some(Ok(frame)) if frame.record.offset >= next_min => {

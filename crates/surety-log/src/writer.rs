@@ -85,6 +85,7 @@ fn run(inner: &Inner, mut tail: Tail) {
             fail_all(batch, e);
             continue;
         }
+        let batch = refuse_beyond_max_offset(batch, tail.next_offset);
         match write_batch(inner, &mut tail, &batch, &mut buf) {
             Ok(ranges) => {
                 for (p, range) in batch.into_iter().zip(ranges) {
@@ -102,6 +103,23 @@ fn run(inner: &Inner, mut tail: Tail) {
             }
         }
     }
+}
+
+/// Answers `OffsetsExhausted` to appends that would take offsets past `MAX_OFFSET`
+/// (unreachable in practice, but a record beyond it would read as corrupt) and keeps the
+/// rest.
+fn refuse_beyond_max_offset(batch: Vec<Pending>, mut next_offset: u64) -> Vec<Pending> {
+    let mut keep = Vec::with_capacity(batch.len());
+    for p in batch {
+        let end = next_offset + p.records.len() as u64;
+        if end <= crate::record::MAX_OFFSET + 1 {
+            next_offset = end;
+            keep.push(p);
+        } else {
+            let _ = p.done.send(Err(AppendError::OffsetsExhausted));
+        }
+    }
+    keep
 }
 
 fn fail_all(batch: Vec<Pending>, e: &Arc<io::Error>) {

@@ -312,3 +312,35 @@ fn a_damaged_last_record_with_nothing_after_it_is_treated_as_a_torn_tail() {
     assert!(log.recovery().truncated_tail.is_some());
     assert!(MIN_FRAME_LEN < len);
 }
+
+#[test]
+fn an_incomplete_last_segment_after_a_trusted_sealed_one_still_gets_tail_recovery() {
+    // Found by fuzzing: with VerifyOnOpen::ActiveSegment the sealed segment was trusted
+    // via its index, then became the active one when the half-created segment after it
+    // was removed — without the tail scan an active segment needs.
+    let cfg = LogConfig {
+        verify_on_open: VerifyOnOpen::ActiveSegment,
+        ..config()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), &cfg, 200);
+    let segs = segments(dir.path());
+    let last = segs.last().unwrap();
+    let last_base: u64 = frames(last)[0].0;
+    fs::remove_file(last).unwrap();
+    let _ = fs::remove_file(dir.path().join(format!("{last_base:020}.index")));
+    let prev = &segs[segs.len() - 2];
+    // Damage the previous (sealed, index-trusted) segment's last record.
+    let (_, pos, len) = *frames(prev).last().unwrap();
+    flip_bit(prev, pos + len - 1, 0);
+    fs::write(last, &b"SURETY"[..]).unwrap();
+    let log = Log::open_dir(dir.path(), cfg).unwrap();
+    assert!(log.recovery().removed_incomplete_segment.is_some());
+    // The damaged last record was cut as a torn tail, not served.
+    let end = log.durable_end();
+    assert!(end < last_base);
+    for i in 0..end {
+        assert_eq!(log.read(i).unwrap().unwrap().payload, payload(i));
+    }
+    assert_eq!(log.append(NewRecord::new("next")).unwrap(), end);
+}
