@@ -25,7 +25,9 @@ use std::time::Duration;
 use surety_log::{Header, Log, LogConfig, NewRecord, RetentionPolicy};
 use tokio::sync::{Mutex, Notify};
 
-use crate::codec::{decode_event, encode_event};
+use crate::codec::{
+    GroupSnapshot, TopicSnapshot, decode_event, decode_snapshot, encode_event, encode_snapshot,
+};
 use crate::dedupe::{Begin, DedupeKey, DedupeTable, StoredKey};
 use crate::error::BrokerError;
 use crate::group::{Event, FreshMessage, GroupPartition, GroupStats, Lease, Millis, Settled};
@@ -49,6 +51,9 @@ pub struct BrokerOptions {
     pub clock: Clock,
     /// Segment size of partition, journal and dead-letter logs.
     pub segment_bytes: u64,
+    /// `maintain` snapshots a topic's groups and compacts its journal once this many
+    /// journal records were written since the last snapshot.
+    pub compact_after_records: u64,
 }
 
 impl Default for BrokerOptions {
@@ -56,6 +61,7 @@ impl Default for BrokerOptions {
         Self {
             clock: system_clock(),
             segment_bytes: 64 * 1024 * 1024,
+            compact_after_records: 100_000,
         }
     }
 }
@@ -168,7 +174,11 @@ struct Topic {
     published: Notify,
     /// Set when a journal or DLQ write failed: in-memory state may be ahead of disk.
     failed: OnceLock<String>,
+    /// Journal offset the current snapshot covers (records below are in it).
+    snapshot_next: AtomicU64,
 }
+
+const SNAPSHOT_FILE: &str = "groups.snapshot";
 
 struct Group {
     name: String,
@@ -281,18 +291,70 @@ impl Broker {
             round_robin: AtomicU64::new(0),
             published: Notify::new(),
             failed: OnceLock::new(),
+            snapshot_next: AtomicU64::new(0),
         };
         self.replay(&topic)?;
         self.rebuild_dedupe(&topic)?;
         Ok(Arc::new(topic))
     }
 
-    /// Rebuilds every group of a topic from its journal and dead-letter logs.
+    /// Rebuilds every group of a topic from its snapshot, the journal after it, and the
+    /// dead-letter logs.
     fn replay(&self, topic: &Topic) -> Result<(), BrokerError> {
         let policy = topic.config.read().unwrap().group_policy();
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut removed: HashMap<String, (BTreeSet<u64>, u64, u64)> = HashMap::new();
+        let mut dlq_next: HashMap<String, u64> = HashMap::new();
         let mut next = topic.journal.start_offset();
+        let snapshot_path = topic.dir.join(SNAPSHOT_FILE);
+        match std::fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                let snap = decode_snapshot(&bytes).map_err(|e| {
+                    BrokerError::Storage(format!("{}: {e}", snapshot_path.display()))
+                })?;
+                if snap.journal_next < next {
+                    return Err(BrokerError::Storage(format!(
+                        "{}: covers the journal up to {} but the journal starts at {next}",
+                        snapshot_path.display(),
+                        snap.journal_next
+                    )));
+                }
+                next = snap.journal_next;
+                topic.snapshot_next.store(next, Ordering::Relaxed);
+                for gs in snap.groups {
+                    let mut parts = Vec::with_capacity(gs.parts.len());
+                    for part in gs.parts {
+                        parts.push(GroupPartition::restore(policy.clone(), part).map_err(
+                            |why| {
+                                BrokerError::Storage(format!(
+                                    "{}: group {:?}: {why}",
+                                    snapshot_path.display(),
+                                    gs.name
+                                ))
+                            },
+                        )?);
+                    }
+                    dlq_next.insert(gs.name.clone(), gs.dlq_next);
+                    groups.insert(
+                        gs.name.clone(),
+                        Group {
+                            dlq: self.open_dlq(topic, &gs.name)?,
+                            name: gs.name,
+                            parts,
+                            dead_letters: gs
+                                .dead_letters
+                                .into_iter()
+                                .map(|(id, p, o)| (id, (p, o)))
+                                .collect(),
+                            purged: gs.purged,
+                            resent: gs.resent,
+                        },
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         loop {
             let batch = topic.journal.read_from(next, 4096, 16 << 20)?;
             let Some(last) = batch.last() else { break };
@@ -306,6 +368,7 @@ impl Broker {
                     .find(|h| h.name == "t")
                     .map(|h| h.value.as_slice());
                 match kind {
+                    Some(J_CREATE) if groups.contains_key(&group) => {}
                     Some(J_CREATE) => {
                         let starts: Vec<u64> = r
                             .payload
@@ -367,15 +430,18 @@ impl Broker {
         for (name, g) in groups.iter_mut() {
             ensure_parts(&mut g.parts, partitions, &policy);
             let (gone, resent, purged) = removed.remove(name).unwrap_or_default();
-            g.resent = resent;
-            g.purged = purged;
-            for r in read_all(&g.dlq)? {
-                if gone.contains(&r.offset) {
-                    continue;
-                }
-                let dl = dead_letter_meta(&r.headers);
-                g.dead_letters.insert(r.offset, (dl.0, dl.1));
+            g.resent += resent;
+            g.purged += purged;
+            let from = dlq_next
+                .get(name)
+                .copied()
+                .unwrap_or(0)
+                .max(g.dlq.start_offset());
+            for r in read_from_on(&g.dlq, from)? {
+                g.dead_letters
+                    .insert(r.offset, dead_letter_meta(&r.headers));
             }
+            g.dead_letters.retain(|id, _| !gone.contains(id));
         }
         let mut map = topic.groups.try_lock().expect("topic not shared yet");
         for (name, g) in groups {
@@ -1135,6 +1201,83 @@ impl Broker {
         Ok(())
     }
 
+    /// Writes a snapshot of every group of the topic and deletes the journal segments it
+    /// covers. Holds every group lock while it reads the state, so the snapshot matches
+    /// the journal exactly up to `journal_next` (every event below it is applied, none
+    /// above it is).
+    async fn compact(&self, topic: &Topic) -> Result<(), BrokerError> {
+        let groups = topic.groups.lock().await;
+        let mut guards = Vec::with_capacity(groups.len());
+        for g in groups.values() {
+            guards.push(g.lock().await);
+        }
+        if topic.failed.get().is_some() {
+            return Err(BrokerError::TopicFailed(topic.name.clone()));
+        }
+        let journal_next = topic.journal.durable_end();
+        let snapshot = TopicSnapshot {
+            journal_next,
+            groups: guards
+                .iter()
+                .map(|g| GroupSnapshot {
+                    name: g.name.clone(),
+                    purged: g.purged,
+                    resent: g.resent,
+                    dlq_next: g.dlq.durable_end(),
+                    dead_letters: g
+                        .dead_letters
+                        .iter()
+                        .map(|(&id, &(p, o))| (id, p, o))
+                        .collect(),
+                    parts: g.parts.iter().map(GroupPartition::snapshot).collect(),
+                })
+                .collect(),
+        };
+        write_durably(&topic.dir, SNAPSHOT_FILE, &encode_snapshot(&snapshot))?;
+        topic.snapshot_next.store(journal_next, Ordering::Relaxed);
+        drop(guards);
+        drop(groups);
+        // Only after the snapshot is durable may the journal below it go.
+        let everything_below_floor = RetentionPolicy {
+            max_age: None,
+            max_bytes: Some(0),
+        };
+        topic
+            .journal
+            .apply_retention(journal_next, &everything_below_floor)
+            .map_err(|e| BrokerError::Storage(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Periodic upkeep: retention, then journal compaction where the journal grew by
+    /// `compact_after_records` since the last snapshot. A server calls this on a timer.
+    pub async fn maintain(&self) -> Result<(), BrokerError> {
+        self.run_retention().await?;
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        for topic in topics {
+            let grown = topic.journal.durable_end() - topic.snapshot_next.load(Ordering::Relaxed);
+            if grown >= self.inner.options.compact_after_records && topic.failed.get().is_none() {
+                self.compact(&topic).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Journal records written since the last snapshot, and journal segments, per topic
+    /// (for metrics and tests of compaction).
+    pub fn journal_info(&self, topic_name: &str) -> Result<(u64, usize), BrokerError> {
+        let topic = self.topic(topic_name)?;
+        let grown = topic.journal.durable_end() - topic.snapshot_next.load(Ordering::Relaxed);
+        Ok((grown, topic.journal.segment_count()))
+    }
+
     /// Closes every log (flushing nothing: every answered write is already durable).
     pub fn close(&self) {
         for topic in self.inner.topics.read().unwrap().values() {
@@ -1206,8 +1349,13 @@ fn dedupe_keys(m: &PublishMessage) -> Vec<DedupeKey> {
 }
 
 fn read_all(log: &Log) -> Result<Vec<surety_log::Record>, BrokerError> {
+    read_from_on(log, log.start_offset())
+}
+
+/// Every durable record of `log` from `from` on.
+fn read_from_on(log: &Log, from: u64) -> Result<Vec<surety_log::Record>, BrokerError> {
     let mut out = Vec::new();
-    let mut next = log.start_offset();
+    let mut next = from;
     loop {
         let batch = log.read_from(next, 4096, 16 << 20)?;
         let Some(last) = batch.last() else { break };

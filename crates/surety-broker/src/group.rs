@@ -144,8 +144,9 @@ struct Attempt {
     state: AttemptState,
 }
 
+/// Where an unsettled, seen offset is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AttemptState {
+pub enum AttemptState {
     InFlight { delivery: u32, lease_until: Millis },
     Waiting { visible_at: Millis },
 }
@@ -691,6 +692,78 @@ impl GroupPartition {
         Ok(())
     }
 
+    /// The persistent part of this state (the lease and waiting indexes are derived).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            start: self.start,
+            committed: self.committed,
+            next_fresh: self.next_fresh,
+            settled: self.settled.iter().copied().collect(),
+            attempts: self
+                .attempts
+                .iter()
+                .map(|(&offset, a)| AttemptSnapshot {
+                    offset,
+                    deliveries: a.deliveries,
+                    first_delivered_at: a.first_delivered_at,
+                    last_delivered_at: a.last_delivered_at,
+                    last_reason: a.last_reason.clone(),
+                    state: a.state,
+                })
+                .collect(),
+            counters: self.counters,
+        }
+    }
+
+    /// Rebuilds a state from [`Self::snapshot`], checking that it is consistent.
+    pub fn restore(policy: GroupPolicy, s: Snapshot) -> Result<Self, &'static str> {
+        if !(s.start <= s.committed && s.committed <= s.next_fresh) {
+            return Err("start <= committed <= next_fresh does not hold");
+        }
+        let mut g = GroupPartition::new(policy, s.start);
+        g.committed = s.committed;
+        g.next_fresh = s.next_fresh;
+        g.counters = s.counters;
+        for o in s.settled {
+            if o < s.committed || o >= s.next_fresh || !g.settled.insert(o) {
+                return Err("settled offset out of range or repeated");
+            }
+        }
+        if g.settled.first() == Some(&g.committed) {
+            return Err("committed is not advanced over the settled prefix");
+        }
+        for a in s.attempts {
+            if a.offset < s.committed || a.offset >= s.next_fresh || g.settled.contains(&a.offset) {
+                return Err("attempt offset out of range or settled");
+            }
+            match a.state {
+                AttemptState::InFlight {
+                    delivery,
+                    lease_until,
+                } => {
+                    if delivery != a.deliveries || delivery == 0 {
+                        return Err("in-flight delivery does not match the delivery count");
+                    }
+                    g.leases.insert((lease_until, a.offset));
+                }
+                AttemptState::Waiting { visible_at } => {
+                    g.waiting.insert((visible_at, a.offset));
+                }
+            }
+            let attempt = Attempt {
+                deliveries: a.deliveries,
+                first_delivered_at: a.first_delivered_at,
+                last_delivered_at: a.last_delivered_at,
+                last_reason: a.last_reason,
+                state: a.state,
+            };
+            if g.attempts.insert(a.offset, attempt).is_some() {
+                return Err("attempt offset repeated");
+            }
+        }
+        Ok(g)
+    }
+
     fn settle(&mut self, offset: u64) {
         self.settled.insert(offset);
         self.advance_committed();
@@ -706,4 +779,26 @@ impl GroupPartition {
             self.settled.pop_first();
         }
     }
+}
+
+/// The persistent part of a [`GroupPartition`], for journal compaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub start: u64,
+    pub committed: u64,
+    pub next_fresh: u64,
+    pub settled: Vec<u64>,
+    pub attempts: Vec<AttemptSnapshot>,
+    pub counters: Counters,
+}
+
+/// One unsettled offset in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptSnapshot {
+    pub offset: u64,
+    pub deliveries: u32,
+    pub first_delivered_at: Option<Millis>,
+    pub last_delivered_at: Option<Millis>,
+    pub last_reason: Option<String>,
+    pub state: AttemptState,
 }

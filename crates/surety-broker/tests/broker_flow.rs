@@ -27,7 +27,8 @@ impl Env {
             self.dir.path(),
             BrokerOptions {
                 clock: Arc::new(move || clock.load(Ordering::SeqCst)),
-                segment_bytes: 1 << 20,
+                segment_bytes: 1 << 16,
+                compact_after_records: 1_000,
             },
         )
         .unwrap()
@@ -382,4 +383,130 @@ async fn delayed_messages_and_long_poll() {
     let _ = b.fetch("t", "g2", 0, NO_WAIT, None).await;
     let got = waiter.await.unwrap().unwrap();
     assert!(!got.is_empty());
+}
+
+#[tokio::test]
+async fn journal_compaction_keeps_every_group_state_across_restart() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic(
+        "t",
+        &patch(r#"{"partitions":2,"max_message_bytes":1024,"max_deliveries":1}"#),
+    )
+    .await
+    .unwrap();
+    b.publish("t", (0..1500).map(|i| msg(&format!("m{i}"))).collect())
+        .await
+        .unwrap();
+    // Ack most, nack a few to the dead letters, leave some in flight and some fresh.
+    let mut in_flight = Vec::new();
+    for round in 0..12 {
+        let d = b
+            .fetch("t", "g", 100, NO_WAIT, Some(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        let (ack, keep): (Vec<_>, Vec<_>) = d.into_iter().partition(|d| d.message.offset % 10 != 7);
+        let receipts: Vec<String> = ack.iter().map(|d| d.receipt.clone()).collect();
+        b.ack("t", "g", &receipts).await.unwrap();
+        if round % 2 == 0 {
+            in_flight.extend(keep);
+        } else {
+            let receipts: Vec<String> = keep.iter().map(|d| d.receipt.clone()).collect();
+            b.nack("t", "g", &receipts, NO_WAIT, "bad").await.unwrap();
+        }
+    }
+    b.fetch("t", "other", 10, NO_WAIT, None).await.unwrap();
+    let before = b.describe("t").await.unwrap();
+    let (grown, segments_before) = b.journal_info("t").unwrap();
+    assert!(
+        grown >= 1_000 && segments_before > 1,
+        "journal should have grown: {grown} records, {segments_before} segments"
+    );
+    b.maintain().await.unwrap();
+    let (grown, segments_after) = b.journal_info("t").unwrap();
+    assert_eq!(grown, 0);
+    assert!(
+        segments_after < segments_before,
+        "compaction deleted journal segments"
+    );
+    // Work after the snapshot is replayed from the journal on top of it.
+    let receipt = in_flight.pop().unwrap().receipt;
+    assert_eq!(b.ack("t", "g", std::slice::from_ref(&receipt)).await.unwrap(), 1);
+    let before_restart = b.describe("t").await.unwrap();
+    assert_ne!(before, before_restart);
+    b.close();
+    drop(b);
+
+    let b = env.open();
+    assert_eq!(b.describe("t").await.unwrap(), before_restart);
+    assert_eq!(
+        b.ack("t", "g", &[receipt]).await.unwrap(),
+        0,
+        "the ack after the snapshot was replayed"
+    );
+    // Leases taken before the snapshot are still valid receipts after the restart.
+    let receipts: Vec<String> = in_flight.iter().map(|d| d.receipt.clone()).collect();
+    assert_eq!(b.ack("t", "g", &receipts).await.unwrap(), receipts.len());
+    let g = b
+        .describe("t")
+        .await
+        .unwrap()
+        .groups
+        .into_iter()
+        .find(|g| g.name == "g")
+        .unwrap();
+    assert!(g.stats.is_conserved());
+    assert!(g.dead_letters_live > 0);
+    assert_eq!(
+        b.dead_letters("t", "g").await.unwrap().len() as u64,
+        g.dead_letters_live
+    );
+}
+
+#[tokio::test]
+async fn retention_never_deletes_unsettled_messages_unless_the_topic_says_so() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic(
+        "t",
+        &patch(r#"{"max_message_bytes":1024,"retention":{"max_bytes":1}}"#),
+    )
+    .await
+    .unwrap();
+    let payload = "x".repeat(1000);
+    b.publish("t", (0..400).map(|_| msg(&payload)).collect())
+        .await
+        .unwrap();
+    let d = b.fetch("t", "g", 150, NO_WAIT, None).await.unwrap();
+    let receipts: Vec<String> = d.iter().map(|d| d.receipt.clone()).collect();
+    b.ack("t", "g", &receipts).await.unwrap();
+    b.maintain().await.unwrap();
+    let info = b.describe("t").await.unwrap();
+    let start = info.start_offsets[0];
+    assert!(
+        start > 0,
+        "segments wholly acked by every group are deleted"
+    );
+    assert!(
+        start <= 150,
+        "nothing at or above the lowest unsettled offset (150) goes: start {start}"
+    );
+    // Everything unsettled is still delivered.
+    let rest = b.fetch("t", "g", 1000, NO_WAIT, None).await.unwrap();
+    assert_eq!(rest.len(), 250);
+    assert_eq!(rest[0].message.offset, 150);
+
+    // Now the topic allows deleting unsettled messages: they are counted, not hidden.
+    b.put_topic(
+        "t",
+        &patch(r#"{"retention":{"max_bytes":1,"delete_unsettled":true}}"#),
+    )
+    .await
+    .unwrap();
+    b.maintain().await.unwrap();
+    let info = b.describe("t").await.unwrap();
+    assert!(info.start_offsets[0] > 150);
+    let g = &info.groups[0];
+    assert!(g.stats.expired_unsettled > 0);
+    assert!(g.stats.is_conserved(), "{:?}", g.stats);
 }
