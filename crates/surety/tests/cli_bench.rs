@@ -1,5 +1,5 @@
-//! Runs the built `surety` binary end to end: a very short `bench log` must produce
-//! complete JSON, write no Markdown, and leave no benchmark files behind.
+//! Runs the built `surety` binary end to end: very short `bench log` and `bench broker`
+//! runs must produce complete JSON, write no Markdown, and leave no benchmark files behind.
 
 use std::process::Command;
 
@@ -81,6 +81,62 @@ fn bench_log_json() {
     assert_eq!(v["settings"]["record_bytes"].as_u64(), Some(1024));
 
     // --no-write, and the default ./surety-bench is gone again.
+    let left: Vec<_> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn bench_broker_json() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_surety"))
+        .args([
+            "bench",
+            "broker",
+            "--seconds",
+            "0.3",
+            "--producers",
+            "1",
+            "--consumers",
+            "1",
+            "--inflight",
+            "10000",
+            "--no-write",
+            "--json",
+        ])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "surety failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    for path in [
+        "/log/msgs_per_sec",
+        "/log/mb_per_sec",
+        "/log/publish_latency/p50_us",
+        "/log/publish_latency/p99_us",
+        "/broker/msgs_per_sec",
+        "/broker/mb_per_sec",
+        "/broker/publish_latency/p50_us",
+        "/broker/publish_latency/p99_us",
+        "/broker/end_to_end_latency/p50_us",
+        "/broker/end_to_end_latency/p99_us",
+        "/ratio/value",
+        "/ratio/target",
+        "/memory/bytes_per_in_flight",
+    ] {
+        positive(&v, path);
+    }
+    assert!(v["log"]["end_to_end_latency"].is_null());
+    assert_eq!(v["memory"]["messages"].as_u64(), Some(10_000));
+    assert_eq!(v["settings"]["producers"].as_u64(), Some(1));
+    assert_eq!(v["settings"]["partitions"].as_u64(), Some(4));
+
     let left: Vec<_> = std::fs::read_dir(cwd.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

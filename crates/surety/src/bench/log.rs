@@ -5,20 +5,21 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use hdrhistogram::Histogram;
 use serde::Serialize;
-use surety_log::{Log, LogConfig, LogStats, NewRecord};
-use tokio::runtime::Runtime;
+use surety_log::LogConfig;
 
 use super::progress::Progress;
 use super::report::{self, MachineInfo, Provenance};
 use super::table::{Align, Table};
+use super::{
+    BenchDir, DEFAULT_BASE, Measurement, Ratio, Window, fmt_secs, fmt_us, group_thousands,
+    latency_histogram, measure_log, nanos, parse_positive, parse_seconds, payload, ratio,
+    runtime_workers,
+};
 
 /// Records per write in the batched raw baseline.
 const RAW_BATCH_RECORDS: usize = 100;
@@ -103,22 +104,6 @@ pub struct LogArgs {
     json: bool,
 }
 
-fn parse_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
-        Ok(_) => Err("must be more than 0 and at most 86400".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn parse_positive(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(v) => Ok(v),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Everything one run produced; this is also the `--json` output.
 #[derive(Debug, Serialize)]
 struct LogBenchResult {
@@ -178,43 +163,6 @@ struct Latency {
     max_us: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct Ratio {
-    what: String,
-    value: f64,
-    /// `at_least` or `at_most`.
-    comparison: &'static str,
-    target: f64,
-    meets_target: bool,
-}
-
-/// Raw counts of one measurement window.
-#[derive(Debug)]
-struct Measurement {
-    records: u64,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-    /// Records the syncs in the window covered (the writer's count, not the acks').
-    synced_records: u64,
-    syncs: u64,
-    sync_time: Duration,
-}
-
-impl Measurement {
-    /// Adds another window of the same configuration.
-    fn merge(&mut self, other: Measurement) {
-        self.records += other.records;
-        self.elapsed += other.elapsed;
-        // Both histograms have the same bounds and saturate, so adding cannot fail.
-        self.latency
-            .add(&other.latency)
-            .expect("histograms with equal bounds");
-        self.synced_records += other.synced_records;
-        self.syncs += other.syncs;
-        self.sync_time += other.sync_time;
-    }
-}
-
 impl Row {
     fn new(name: String, appenders: Option<usize>, m: &Measurement, record_bytes: usize) -> Self {
         let secs = m.elapsed.as_secs_f64();
@@ -238,11 +186,6 @@ impl Row {
             vs_raw_batched: None,
         }
     }
-}
-
-/// `a / b`, or 0 when nothing was measured (a window too short to hold one sync).
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { a / b } else { 0.0 }
 }
 
 /// One configuration to measure.
@@ -417,11 +360,6 @@ fn measure_interleaved(
     Ok(measured.into_iter().map(|m| m.expect("measured")).collect())
 }
 
-/// One tokio worker per core, as a broker would run.
-fn runtime_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
 /// The two targets, where the run included the configurations they speak about.
 fn targets(batched: &Row, per_message: &Row, log_rows: &[Row]) -> Vec<Ratio> {
     let mut out = Vec::new();
@@ -451,94 +389,6 @@ fn targets(batched: &Row, per_message: &Row, log_rows: &[Row]) -> Vec<Ratio> {
         });
     }
     out
-}
-
-/// Where the runs happen: a fresh temporary directory inside the base directory, one
-/// subdirectory per measurement.
-#[derive(Debug)]
-struct BenchDir {
-    base: PathBuf,
-    /// We made the base, so we remove it again if it ends up empty.
-    created_base: bool,
-    run: Option<tempfile::TempDir>,
-}
-
-/// Next to where the user runs the benchmark, not /tmp, which is often tmpfs.
-const DEFAULT_BASE: &str = "surety-bench";
-
-impl BenchDir {
-    fn create(base: Option<&Path>) -> Result<Self> {
-        let base = base.unwrap_or(Path::new(DEFAULT_BASE)).to_path_buf();
-        let created_base = !base.exists();
-        fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-        let run = tempfile::Builder::new()
-            .prefix("run-")
-            .tempdir_in(&base)
-            .with_context(|| format!("creating a directory in {}", base.display()))?;
-        Ok(Self {
-            base,
-            created_base,
-            run: Some(run),
-        })
-    }
-
-    fn path(&self) -> &Path {
-        self.run.as_ref().expect("not yet removed").path()
-    }
-
-    /// A new, empty directory for one measurement. Flushes the file system first, so
-    /// that the write-back and deletes of the previous measurement are not billed to
-    /// this one.
-    fn fresh(&self, name: &str) -> Result<PathBuf> {
-        let base = File::open(self.path())?;
-        // SAFETY: a plain syscall on a descriptor `base` owns.
-        if unsafe { libc::syncfs(base.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("syncfs");
-        }
-        let dir = self.path().join(name);
-        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(dir)
-    }
-
-    /// Removes every benchmark file, reporting failure (dropping only tries).
-    fn remove(mut self) -> Result<()> {
-        if let Some(run) = self.run.take() {
-            let path = run.path().to_path_buf();
-            run.close()
-                .with_context(|| format!("removing {}", path.display()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for BenchDir {
-    fn drop(&mut self) {
-        // The run directory must go first, or the base is not empty yet.
-        drop(self.run.take());
-        if self.created_base {
-            let _ = fs::remove_dir(&self.base);
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    warmup: Duration,
-    seconds: Duration,
-}
-
-/// Latencies in nanoseconds, 1 ns to 60 s, three significant digits.
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Not all zeroes, in case a layer below ever compresses or dedups.
-fn payload(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
 /// Measures `batch_records` records per write + fdatasync, straight on the file system.
@@ -645,137 +495,6 @@ fn create_preallocated(path: &Path, len: u64) -> Result<File> {
     Ok(file)
 }
 
-const WARMING: u8 = 0;
-const MEASURING: u8 = 1;
-const STOPPING: u8 = 2;
-
-/// Measures surety-log with `appenders` tasks, each appending in a closed loop.
-fn measure_log(
-    rt: &Runtime,
-    dir: &Path,
-    appenders: usize,
-    record_bytes: usize,
-    config: &LogConfig,
-    window: Window,
-    progress: &Progress,
-) -> Result<Measurement> {
-    let stage = Instant::now();
-    let log = Arc::new(
-        Log::open_dir(dir, config.clone())
-            .with_context(|| format!("opening a log in {}", dir.display()))?,
-    );
-    let phase = Arc::new(AtomicU8::new(WARMING));
-    // One histogram behind a lock: at most one worker thread per core contends, for
-    // nanoseconds, against an fdatasync of a millisecond or so.
-    let latency = Arc::new(Mutex::new(latency_histogram()));
-    let payload: Arc<[u8]> = payload(record_bytes).into();
-
-    let (before, after, elapsed) = rt.block_on(async {
-        let tasks: Vec<_> = (0..appenders)
-            .map(|_| {
-                tokio::spawn(appender(
-                    log.clone(),
-                    payload.clone(),
-                    phase.clone(),
-                    latency.clone(),
-                ))
-            })
-            .collect();
-        tick_until(stage, window.warmup, progress).await;
-        let before = log.stats();
-        let measuring = Instant::now();
-        phase.store(MEASURING, Ordering::Release);
-        tick_until(stage, window.warmup + window.seconds, progress).await;
-        phase.store(STOPPING, Ordering::Release);
-        let after = log.stats();
-        let elapsed = measuring.elapsed();
-        for task in tasks {
-            task.await.context("appender task panicked")??;
-        }
-        anyhow::Ok((before, after, elapsed))
-    })?;
-    log.close();
-    drop(log);
-    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-
-    let latency = Arc::try_unwrap(latency)
-        .expect("all appenders finished")
-        .into_inner()
-        .unwrap();
-    let delta = |f: fn(&LogStats) -> u64| f(&after) - f(&before);
-    Ok(Measurement {
-        // Acks seen by the appenders inside the window: what a producer would observe.
-        records: latency.len(),
-        elapsed,
-        latency,
-        synced_records: delta(|s| s.records_appended),
-        syncs: delta(|s| s.syncs),
-        sync_time: after.sync_time - before.sync_time,
-    })
-}
-
-/// Appends, waits for the ack, repeats, until told to stop; records the latency of each
-/// ack that arrives inside the measurement window.
-async fn appender(
-    log: Arc<Log>,
-    payload: Arc<[u8]>,
-    phase: Arc<AtomicU8>,
-    latency: Arc<Mutex<Histogram<u64>>>,
-) -> Result<()> {
-    while phase.load(Ordering::Acquire) != STOPPING {
-        let sent = Instant::now();
-        log.append_async(NewRecord::new(payload.to_vec())).await?;
-        let took = sent.elapsed();
-        if phase.load(Ordering::Acquire) == MEASURING {
-            latency.lock().unwrap().saturating_record(nanos(took));
-        }
-    }
-    Ok(())
-}
-
-/// Sleeps until `until` after `stage` began, moving the progress bar meanwhile.
-async fn tick_until(stage: Instant, until: Duration, progress: &Progress) {
-    loop {
-        let elapsed = stage.elapsed();
-        progress.at(elapsed);
-        if elapsed >= until {
-            return;
-        }
-        tokio::time::sleep((until - elapsed).min(Duration::from_millis(100))).await;
-    }
-}
-
-fn group_thousands(n: f64) -> String {
-    let digits = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn fmt_us(us: f64) -> String {
-    if us < 1_000.0 {
-        format!("{us:.0} µs")
-    } else {
-        format!("{:.2} ms", us / 1_000.0)
-    }
-}
-
-fn fmt_ratio(r: &Ratio) -> (String, String) {
-    // A throughput share reads best as a percentage, a latency multiple as "x".
-    match r.comparison {
-        "at_least" => (
-            format!("{:.0}%", r.value * 100.0),
-            format!(">= {:.0}%", r.target * 100.0),
-        ),
-        _ => (format!("{:.2}x", r.value), format!("<= {:.1}x", r.target)),
-    }
-}
-
 fn results_table(result: &LogBenchResult) -> Table {
     let mut t = Table::new(&[
         ("configuration", Align::Left),
@@ -811,30 +530,13 @@ fn results_table(result: &LogBenchResult) -> Table {
 }
 
 fn ratios_table(result: &LogBenchResult) -> Table {
-    let mut t = Table::new(&[
-        ("ratio", Align::Left),
-        ("value", Align::Right),
-        ("target", Align::Right),
-        ("meets target", Align::Left),
-    ]);
-    for r in &result.ratios {
-        let (value, target) = fmt_ratio(r);
-        let meets = if r.meets_target { "yes" } else { "no" };
-        t.row(vec![r.what.clone(), value, target, meets.into()]);
-    }
-    t
+    super::ratios_table(&result.ratios)
 }
 
 /// What latency means in each row, said once under both tables.
 const LATENCY_NOTE: &str = "Latency (mean, p50, p99) is per write + fdatasync for the raw rows and per \
 acknowledged append for surety-log; mean fsync is the time inside fdatasync alone. \
 MB/s counts payload bytes (10^6 bytes/s).";
-
-/// Seconds without float noise: `0.2`, `3`, `0.067`.
-fn fmt_secs(s: f64) -> String {
-    let text = format!("{s:.3}");
-    text.trim_end_matches('0').trim_end_matches('.').to_string()
-}
 
 fn timing(s: &Settings) -> String {
     let rounds = s.rounds;
