@@ -26,7 +26,7 @@ use surety_log::{Header, Log, LogConfig, NewRecord, RetentionPolicy};
 use tokio::sync::{Mutex, Notify};
 
 use crate::codec::{
-    GroupSnapshot, TopicSnapshot, decode_event, decode_snapshot, encode_event, encode_snapshot,
+    GroupSnapshot, TopicSnapshot, decode_events, decode_snapshot, encode_events, encode_snapshot,
 };
 use crate::dedupe::{Begin, DedupeKey, DedupeTable, StoredKey};
 use crate::error::BrokerError;
@@ -138,6 +138,13 @@ pub struct TopicInfo {
     pub groups: Vec<GroupInfo>,
 }
 
+/// Records of one publish call bound for one partition, with each one's answer slot and
+/// dedupe reservations.
+type PartitionBatch = (
+    Vec<NewRecord>,
+    Vec<(usize, Vec<crate::dedupe::Reservation>)>,
+);
+
 /// The embedded broker. Cheap to clone; all clones share state.
 #[derive(Clone, Debug)]
 pub struct Broker {
@@ -192,9 +199,12 @@ struct Group {
 
 // Journal record kinds (header "t").
 const J_CREATE: &[u8] = b"c";
-const J_EVENT: &[u8] = b"e";
+/// The events of one commit of one group (`codec::encode_events`).
+const J_EVENTS: &[u8] = b"e";
 const J_RESENT: &[u8] = b"r";
 const J_PURGED: &[u8] = b"p";
+/// Written by compaction; carries nothing, replay skips it.
+const J_SNAPSHOT_MARK: &[u8] = b"s";
 
 // Dead-letter record headers, besides the original message's own.
 const DL_PARTITION: &str = "surety.dl.partition";
@@ -368,6 +378,7 @@ impl Broker {
                     .find(|h| h.name == "t")
                     .map(|h| h.value.as_slice());
                 match kind {
+                    Some(J_SNAPSHOT_MARK) => {}
                     Some(J_CREATE) if groups.contains_key(&group) => {}
                     Some(J_CREATE) => {
                         let starts: Vec<u64> = r
@@ -391,8 +402,8 @@ impl Broker {
                             },
                         );
                     }
-                    Some(J_EVENT) => {
-                        let (p, e) = decode_event(&r.payload).map_err(|e| {
+                    Some(J_EVENTS) => {
+                        let events = decode_events(&r.payload).map_err(|e| {
                             BrokerError::Storage(format!("journal record {}: {e}", r.offset))
                         })?;
                         let g = groups.get_mut(&group).ok_or_else(|| {
@@ -401,10 +412,12 @@ impl Broker {
                                 r.offset
                             ))
                         })?;
-                        ensure_parts(&mut g.parts, p as usize + 1, &policy);
-                        g.parts[p as usize].apply(&e).map_err(|e| {
-                            BrokerError::Storage(format!("journal record {}: {e}", r.offset))
-                        })?;
+                        for (p, e) in events {
+                            ensure_parts(&mut g.parts, p as usize + 1, &policy);
+                            g.parts[p as usize].apply(&e).map_err(|e| {
+                                BrokerError::Storage(format!("journal record {}: {e}", r.offset))
+                            })?;
+                        }
                     }
                     Some(kind @ (J_RESENT | J_PURGED)) => {
                         let entry = removed.entry(group).or_default();
@@ -628,9 +641,10 @@ impl Broker {
             }
         }
         let mut results = Vec::with_capacity(messages.len());
-        // Pipelined: every new message is submitted before any is awaited, so one batch
-        // shares group commits.
-        let mut pending = Vec::new();
+        let partitions = topic.partitions.read().unwrap().clone();
+        // Per partition: the records to append and, for each, its answer slot and dedupe
+        // reservations.
+        let mut by_partition: BTreeMap<u32, PartitionBatch> = BTreeMap::new();
         for m in messages {
             let keys = dedupe_keys(&m);
             let mut reservations = Vec::new();
@@ -686,18 +700,23 @@ impl Broker {
                 }));
                 continue;
             }
-            let partitions = topic.partitions.read().unwrap().clone();
             let p = partition_for(
                 m.key.as_deref(),
                 partitions.len() as u32,
                 &topic.round_robin,
             );
-            let ticket = partitions[p as usize].submit(vec![m.to_record(now as i64, None)]);
+            let batch = by_partition.entry(p).or_default();
+            batch.0.push(m.to_record(now as i64, None));
             results.push(None);
-            pending.push((results.len() - 1, p, ticket, reservations));
+            batch.1.push((results.len() - 1, reservations));
         }
+        // One submission per partition: the batch shares one group commit and one wake-up.
+        let submitted: Vec<_> = by_partition
+            .into_iter()
+            .map(|(p, (records, answers))| (p, partitions[p as usize].submit(records), answers))
+            .collect();
         let mut first_error = None;
-        for (i, p, ticket, reservations) in pending {
+        for (p, ticket, answers) in submitted {
             let outcome = match ticket {
                 Ok(t) => t.await.map_err(BrokerError::from),
                 Err(e) => Err(e.into()),
@@ -705,18 +724,22 @@ impl Broker {
             let mut t = topic.dedupe.lock().unwrap();
             match outcome {
                 Ok(range) => {
-                    for r in reservations {
-                        let _ = t.commit(r, p, range.start, now);
+                    for ((i, reservations), offset) in answers.into_iter().zip(range) {
+                        for r in reservations {
+                            let _ = t.commit(r, p, offset, now);
+                        }
+                        results[i] = Some(PublishResult {
+                            partition: p,
+                            offset,
+                            duplicate: false,
+                        });
                     }
-                    results[i] = Some(PublishResult {
-                        partition: p,
-                        offset: range.start,
-                        duplicate: false,
-                    });
                 }
                 Err(e) => {
-                    for r in reservations {
-                        let _ = t.abort(r);
+                    for (_, reservations) in answers {
+                        for r in reservations {
+                            let _ = t.abort(r);
+                        }
                     }
                     first_error.get_or_insert(e);
                 }
@@ -791,8 +814,27 @@ impl Broker {
         g: &mut Group,
         events: Vec<(u32, Event)>,
     ) -> Result<(), BrokerError> {
+        if let Some(ticket) = self.stage(topic, g, events).await? {
+            self.durable(topic, Ok(ticket)).await?;
+        }
+        Ok(())
+    }
+
+    /// The first half of [`Self::commit`], called with the group lock held: writes the
+    /// dead-letter copies (awaited: they must be durable before the journal says the
+    /// message left the group) and submits the journal records. The caller may release
+    /// the lock before awaiting the ticket: the journal keeps submission order, so any
+    /// later operation on this group is durable only after these events are, and nothing
+    /// is answered from them before the ticket resolves. That lets concurrent consumers
+    /// of one group share journal syncs.
+    async fn stage(
+        &self,
+        topic: &Topic,
+        g: &mut Group,
+        events: Vec<(u32, Event)>,
+    ) -> Result<Option<surety_log::AppendTicket>, BrokerError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let partitions = topic.partitions.read().unwrap().clone();
         let mut copies = Vec::new();
@@ -840,17 +882,16 @@ impl Broker {
                 g.dead_letters.insert(id, where_);
             }
         }
-        let records = events
-            .iter()
-            .map(|(p, e)| NewRecord {
-                timestamp_ms: 0,
-                key: Some(g.name.as_bytes().to_vec()),
-                headers: vec![Header::new("t", J_EVENT.to_vec())],
-                payload: encode_event(*p, e),
-            })
-            .collect();
-        self.durable(topic, topic.journal.submit(records)).await?;
-        Ok(())
+        let record = NewRecord {
+            timestamp_ms: 0,
+            key: Some(g.name.as_bytes().to_vec()),
+            headers: vec![Header::new("t", J_EVENTS.to_vec())],
+            payload: encode_events(&events),
+        };
+        match topic.journal.submit(vec![record]) {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(e) => self.durable(topic, Err(e)).await.map(|_| None),
+        }
     }
 
     /// Leases up to `max` messages to a consumer of `group`, waiting up to `wait` for
@@ -935,8 +976,13 @@ impl Broker {
             events.extend(evs.into_iter().map(|e| (p as u32, e)));
             leases.extend(ls.into_iter().map(|l| (p as u32, l)));
         }
-        self.commit(topic, &mut g, events).await?;
+        let ticket = self.stage(topic, &mut g, events).await?;
         let next_due = g.parts.iter().filter_map(GroupPartition::next_due).min();
+        let group_name = g.name.clone();
+        drop(g);
+        if let Some(ticket) = ticket {
+            self.durable(topic, Ok(ticket)).await?;
+        }
         let mut out = Vec::with_capacity(leases.len());
         for (p, l) in leases {
             let message = match fresh_records.remove(&(p, l.offset)) {
@@ -954,7 +1000,7 @@ impl Broker {
             out.push(Delivery {
                 receipt: self.inner.key.issue(
                     &topic.name,
-                    &g.name,
+                    &group_name,
                     ReceiptData {
                         partition: p,
                         offset: l.offset,
@@ -1028,15 +1074,10 @@ impl Broker {
                 });
             }
         }
-        // Validate on a copy first, so a bad receipt in the middle changes nothing.
-        let mut trial: HashMap<u32, GroupPartition> = HashMap::new();
+        // Validate every receipt first, so a bad one in the middle changes nothing.
         for d in &decoded {
-            let part = trial
-                .entry(d.partition)
-                .or_insert_with(|| g.parts[d.partition as usize].clone());
-            op(part, now, *d)?;
+            g.parts[d.partition as usize].check_settle(now, d.offset, d.delivery)?;
         }
-        drop(trial);
         let mut events = Vec::new();
         for d in &decoded {
             if let Settled::Changed(e) = op(&mut g.parts[d.partition as usize], now, *d)? {
@@ -1044,7 +1085,11 @@ impl Broker {
             }
         }
         let changed = events.len();
-        self.commit(&topic, &mut g, events).await?;
+        let ticket = self.stage(&topic, &mut g, events).await?;
+        drop(g);
+        if let Some(ticket) = ticket {
+            self.durable(&topic, Ok(ticket)).await?;
+        }
         Ok(changed)
     }
 
@@ -1214,7 +1259,18 @@ impl Broker {
         if topic.failed.get().is_some() {
             return Err(BrokerError::TopicFailed(topic.name.clone()));
         }
-        let journal_next = topic.journal.durable_end();
+        // Events may be submitted but not yet durable (see `stage`); a marker appended now
+        // is durable only after all of them, and the snapshot covers exactly up to it.
+        let marker = NewRecord {
+            timestamp_ms: 0,
+            key: None,
+            headers: vec![Header::new("t", J_SNAPSHOT_MARK.to_vec())],
+            payload: Vec::new(),
+        };
+        let journal_next = self
+            .durable(topic, topic.journal.submit(vec![marker]))
+            .await?
+            .end;
         let snapshot = TopicSnapshot {
             journal_next,
             groups: guards

@@ -452,6 +452,16 @@ impl GroupPartition {
         Some(e)
     }
 
+    /// Whether an ack or nack of delivery `delivery` of `offset` would be accepted at
+    /// `now` (without changing anything): lets a batch be validated before any of it is
+    /// applied.
+    pub fn check_settle(&self, now: Millis, offset: u64, delivery: u32) -> Result<(), SettleError> {
+        if self.is_settled(offset) {
+            return Ok(());
+        }
+        self.check_current(now, offset, delivery)
+    }
+
     fn check_current(&self, now: Millis, offset: u64, delivery: u32) -> Result<(), SettleError> {
         let Some(a) = self.attempts.get(&offset) else {
             return Err(SettleError::NotDelivered(offset));

@@ -129,9 +129,13 @@ pub struct FrameCursor<'a> {
     buf_pos: u64,
     /// File position of the next frame.
     pub pos: u64,
+    /// Bytes to read at the next refill: starts small so a read of a few records does
+    /// not copy a whole chunk, doubles up to `READ_CHUNK` for long scans.
+    chunk: usize,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+const FIRST_READ_CHUNK: usize = 16 * 1024;
 
 impl<'a> FrameCursor<'a> {
     pub fn new(
@@ -147,6 +151,7 @@ impl<'a> FrameCursor<'a> {
             buf: Vec::new(),
             buf_pos: start_pos,
             pos: start_pos,
+            chunk: FIRST_READ_CHUNK,
         }
     }
 
@@ -155,7 +160,8 @@ impl<'a> FrameCursor<'a> {
         let buf_end = self.buf_pos + self.buf.len() as u64;
         if self.pos < self.buf_pos || self.pos + want as u64 > buf_end {
             let avail = (self.file_len.saturating_sub(self.pos)) as usize;
-            let len = want.max(READ_CHUNK).min(avail);
+            let len = want.max(self.chunk).min(avail);
+            self.chunk = (self.chunk * 2).min(READ_CHUNK);
             self.buf.resize(len, 0);
             let n = read_full_at(self.file, &mut self.buf, self.pos)?;
             self.buf.truncate(n);

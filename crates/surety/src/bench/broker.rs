@@ -91,16 +91,17 @@ pub struct BrokerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = parse_positive)]
     record_bytes: usize,
 
-    /// Concurrent producer tasks
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_positive)]
+    /// Concurrent producer tasks (16 x 32 messages keeps about as many appends in flight
+    /// as the log baseline's 256 appenders)
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = parse_positive)]
     producers: usize,
 
-    /// Concurrent consumer tasks
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_positive)]
+    /// Concurrent consumer tasks (fetch and ack calls of one group share journal syncs)
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_positive)]
     consumers: usize,
 
     /// Messages per publish call
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = parse_positive)]
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_positive)]
     batch: usize,
 
     /// Messages leased at once for the memory measurement
