@@ -1111,6 +1111,30 @@ impl Broker {
         Ok(out)
     }
 
+    /// One dead letter by id, if it is live.
+    pub async fn dead_letter(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        id: u64,
+    ) -> Result<Option<DeadLetter>, BrokerError> {
+        let topic = self.topic(topic_name)?;
+        let group = self.group(&topic, group_name).await?;
+        let g = group.lock().await;
+        if !g.dead_letters.contains_key(&id) {
+            return Ok(None);
+        }
+        Ok(g.dlq.read(id)?.map(|r| dead_letter_from(&g.name, r)))
+    }
+
+    /// Dedupe counters of a topic (hits, tracked producers and ids, refusals).
+    pub fn dedupe_stats(
+        &self,
+        topic_name: &str,
+    ) -> Result<crate::dedupe::DedupeStats, BrokerError> {
+        Ok(self.topic(topic_name)?.dedupe.lock().unwrap().stats())
+    }
+
     /// Puts dead letters back into this group's delivery (no other group sees them),
     /// with a reference to the dead letter and its attempts. Returns how many.
     pub async fn resend(

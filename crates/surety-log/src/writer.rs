@@ -216,9 +216,13 @@ fn flush(inner: &Inner, tail: &mut Tail, buf: &mut Vec<u8>, chunk: &mut Chunk) -
     if inner.config.durability == Durability::Fsync {
         let started = Instant::now();
         file.sync_data()?;
+        let took = started.elapsed();
+        // The `metrics` facade is a no-op until a recorder (the server's) is installed.
+        metrics::histogram!("surety_log_fsync_seconds").record(took.as_secs_f64());
+        metrics::histogram!("surety_log_records_per_fsync").record(chunk.records as f64);
         let c = &inner.counters;
         c.sync_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         c.syncs.fetch_add(1, Ordering::Relaxed);
     }
     tail.pos += buf.len() as u64;

@@ -1,0 +1,1 @@
+//! `surety-client`: the Rust client of a Surety server.
