@@ -34,6 +34,8 @@ pub enum CodecError {
     Crc,
     #[error("a count is larger than the bytes that follow")]
     Count,
+    #[error("presence flag {0} is neither 0 nor 1")]
+    Flag(u8),
 }
 
 /// Encodes an event for one partition of a group.
@@ -374,9 +376,18 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
     fn opt(&mut self) -> Result<Option<u64>, CodecError> {
+        Ok(if self.present()? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
+    }
+    /// A presence flag: exactly 0 or 1, so every accepted input re-encodes to itself.
+    fn present(&mut self) -> Result<bool, CodecError> {
         match self.u8()? {
-            0 => Ok(None),
-            _ => Ok(Some(self.u64()?)),
+            0 => Ok(false),
+            1 => Ok(true),
+            f => Err(CodecError::Flag(f)),
         }
     }
     /// A u32 count of items of at least `min_item_len` bytes each, refused when the
@@ -409,9 +420,10 @@ impl Reader<'_> {
             let deliveries = self.u32()?;
             let first_delivered_at = self.opt()?;
             let last_delivered_at = self.opt()?;
-            let last_reason = match self.u8()? {
-                0 => None,
-                _ => Some(self.string()?),
+            let last_reason = if self.present()? {
+                Some(self.string()?)
+            } else {
+                None
             };
             let state = match self.u8()? {
                 1 => AttemptState::InFlight {

@@ -734,6 +734,12 @@ impl GroupPartition {
         g.committed = s.committed;
         g.next_fresh = s.next_fresh;
         g.counters = s.counters;
+        // Snapshots list offsets in ascending order; anything else was not written by us.
+        if !s.settled.is_sorted_by(|a, b| a < b)
+            || !s.attempts.is_sorted_by(|a, b| a.offset < b.offset)
+        {
+            return Err("offsets are not strictly ascending");
+        }
         for o in s.settled {
             if o < s.committed || o >= s.next_fresh || !g.settled.insert(o) {
                 return Err("settled offset out of range or repeated");

@@ -321,6 +321,10 @@ fn load_index(
     {
         return None;
     }
+    // A sealed segment always holds records; an index claiming none cannot be trusted.
+    if idx.entries.is_empty() && idx.next_offset != base {
+        return None;
+    }
     if let Some(first) = idx.entries.first()
         && (first.position as usize != SEGMENT_HEADER_LEN || first.offset < base)
     {
