@@ -755,6 +755,17 @@ impl Broker {
             .collect())
     }
 
+    /// The group if it exists; reading or settling never creates one.
+    async fn existing_group(
+        &self,
+        topic: &Topic,
+        name: &str,
+    ) -> Result<Option<Arc<Mutex<Group>>>, BrokerError> {
+        validate_group_name(name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
+        Ok(topic.groups.lock().await.get(name).cloned())
+    }
+
+    /// The group, created on first fetch.
     async fn group(&self, topic: &Topic, name: &str) -> Result<Arc<Mutex<Group>>, BrokerError> {
         validate_group_name(name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
         let mut groups = topic.groups.lock().await;
@@ -1060,11 +1071,16 @@ impl Broker {
         ) -> Result<Settled, crate::group::SettleError>,
     ) -> Result<usize, BrokerError> {
         let topic = self.topic(topic_name)?;
-        let group = self.group(&topic, group_name).await?;
+        validate_group_name(group_name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
         let mut decoded = Vec::with_capacity(receipts.len());
         for r in receipts {
             decoded.push(self.inner.key.verify(&topic.name, group_name, r)?);
         }
+        // A valid receipt was issued by a fetch, which created the group; an empty batch
+        // must not create one either.
+        let Some(group) = self.existing_group(&topic, group_name).await? else {
+            return Ok(0);
+        };
         let mut g = group.lock().await;
         let now = self.now();
         for d in &decoded {
@@ -1100,7 +1116,9 @@ impl Broker {
         group_name: &str,
     ) -> Result<Vec<DeadLetter>, BrokerError> {
         let topic = self.topic(topic_name)?;
-        let group = self.group(&topic, group_name).await?;
+        let Some(group) = self.existing_group(&topic, group_name).await? else {
+            return Ok(Vec::new());
+        };
         let g = group.lock().await;
         let mut out = Vec::new();
         for &id in g.dead_letters.keys() {
@@ -1119,7 +1137,9 @@ impl Broker {
         id: u64,
     ) -> Result<Option<DeadLetter>, BrokerError> {
         let topic = self.topic(topic_name)?;
-        let group = self.group(&topic, group_name).await?;
+        let Some(group) = self.existing_group(&topic, group_name).await? else {
+            return Ok(None);
+        };
         let g = group.lock().await;
         if !g.dead_letters.contains_key(&id) {
             return Ok(None);
@@ -1144,7 +1164,9 @@ impl Broker {
         which: &Selection,
     ) -> Result<usize, BrokerError> {
         let topic = self.topic(topic_name)?;
-        let group = self.group(&topic, group_name).await?;
+        let Some(group) = self.existing_group(&topic, group_name).await? else {
+            return Ok(0);
+        };
         let mut g = group.lock().await;
         let ids = selected(&g, which);
         let partitions = topic.partitions.read().unwrap().clone();
@@ -1183,7 +1205,9 @@ impl Broker {
         which: &Selection,
     ) -> Result<usize, BrokerError> {
         let topic = self.topic(topic_name)?;
-        let group = self.group(&topic, group_name).await?;
+        let Some(group) = self.existing_group(&topic, group_name).await? else {
+            return Ok(0);
+        };
         let mut g = group.lock().await;
         let ids = selected(&g, which);
         self.remove_dead_letters(&topic, &mut g, &ids, J_PURGED)

@@ -515,3 +515,25 @@ async fn retention_never_deletes_unsettled_messages_unless_the_topic_says_so() {
     assert!(g.stats.expired_unsettled > 0);
     assert!(g.stats.is_conserved(), "{:?}", g.stats);
 }
+
+#[tokio::test]
+async fn requests_that_only_read_or_settle_never_create_a_group() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic("t", &TopicConfigPatch::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.ack("t", "ghost", &["forged".into()])
+            .await
+            .unwrap_err()
+            .code(),
+        "receipt_invalid"
+    );
+    assert_eq!(b.ack("t", "ghost", &[]).await.unwrap(), 0);
+    assert!(b.dead_letters("t", "ghost").await.unwrap().is_empty());
+    assert_eq!(b.dead_letter("t", "ghost", 0).await.unwrap(), None);
+    assert_eq!(b.resend("t", "ghost", &Selection::All).await.unwrap(), 0);
+    assert_eq!(b.purge("t", "ghost", &Selection::All).await.unwrap(), 0);
+    assert!(b.describe("t").await.unwrap().groups.is_empty());
+}
