@@ -627,12 +627,7 @@ impl Broker {
         let now = self.now();
         for m in &messages {
             m.validate()?;
-            let size = m.payload.len()
-                + m.key.as_ref().map_or(0, Vec::len)
-                + m.headers
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
+            let size = m.size();
             if size > config.max_message_bytes as usize {
                 return Err(BrokerError::MessageTooLarge {
                     size,

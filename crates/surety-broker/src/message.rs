@@ -77,6 +77,17 @@ impl PublishMessage {
         Ok(())
     }
 
+    /// The size limits are measured against: payload, key and header names and values.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     pub fn to_record(&self, now_ms: i64, lineage: Option<&Lineage>) -> NewRecord {
         let mut headers: Vec<Header> = self
             .headers

@@ -1,1 +1,30 @@
-//! `surety-client`: the Rust client of a Surety server.
+//! `surety-client`: the Rust client of a Surety server, over gRPC.
+//!
+//! - [`Client`]: the connection (bearer token, admin calls).
+//! - [`Producer`]: confirmed publishing; idempotent sequences make retries safe.
+//! - [`Consumer`]: runs a handler per delivery, acks after `Ok`, nacks on `Err` or panic.
+//! - [`GapDetector`]: finds lost, duplicated and reordered messages by sequence.
+
+pub mod admin;
+pub mod client;
+pub mod consumer;
+pub mod gap;
+pub mod message;
+pub mod producer;
+pub mod retry;
+pub mod server_error;
+
+/// Code generated from `proto/surety.proto` by build.rs.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("surety.v1");
+}
+
+pub use admin::{AdminError, TopicDescription};
+pub use client::{Client, ConnectError};
+pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ConsumerStats, StopHandle};
+pub use gap::{GapDetector, GapStats, Observation};
+pub use message::{Delivery, Message, Published};
+pub use producer::{Batch, Producer, ProducerBuilder, PublishError};
+pub use retry::RetryPolicy;
+pub use server_error::ServerError;

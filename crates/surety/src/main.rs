@@ -1,16 +1,23 @@
 //! The `surety` command line.
 
 mod bench;
+mod cli;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
 const LONG_ABOUT: &str = "\
 Surety: a messaging system that acknowledges a message only once it is on disk.
 
-This binary will run the broker and its clients; for now it measures the durable core.
+Start a server (data in ./surety-data, listening on 127.0.0.1:7333):
+  surety serve
 
-Example: measure the log against the raw disk and record the result in BENCHMARKS.md
-  cargo run --release -p surety -- bench log
+Then, from another terminal:
+  surety topics create orders --partitions 2
+  surety publish orders 'order 42 created'
+  surety consume orders --group billing      # prints, then acks what it printed
+
+Client commands talk to --server (env SURETY_SERVER, default http://127.0.0.1:7333).
 
 Run `surety help <command>` for the options of a command.";
 
@@ -30,10 +37,22 @@ enum Command {
                       Example:\n  surety bench log --seconds 3"
     )]
     Bench(bench::BenchArgs),
+    /// Run the broker: REST, gRPC and /metrics on one address, until SIGTERM or SIGINT
+    #[command(
+        long_about = "Run the broker: REST, gRPC, /metrics and /healthz on one address, \
+                      until SIGTERM or SIGINT. Settings: flags, then SURETY_* environment \
+                      variables, then --config FILE, then defaults (docs/config.md).\n\n\
+                      Example:\n  surety serve --data ./surety-data --listen 127.0.0.1:7333"
+    )]
+    Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Client(command) => cli::run(command),
     }
 }

@@ -5,7 +5,7 @@ mod broker;
 mod log;
 mod progress;
 mod report;
-mod table;
+pub(crate) mod table;
 
 use std::fs::{self, File};
 use std::os::unix::io::AsRawFd;

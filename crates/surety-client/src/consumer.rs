@@ -1,0 +1,418 @@
+//! A consumer that acks only after its handler succeeded: `Ok` acks, `Err` nacks with the
+//! error as reason, a panic nacks too. At most `max_in_flight` handlers run at once (the
+//! server's credit window enforces it). A stop lets running handlers finish and settles
+//! them before returning. Transport failures reconnect; receipts stay valid across
+//! connections, so handlers that outlive a connection are still acked.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::client::Client;
+use crate::message::Delivery;
+use crate::proto::{self, consume_request::Kind as In, consume_response::Kind as Out};
+use crate::retry::RetryPolicy;
+use crate::server_error::ServerError;
+
+/// Why [`ConsumerBuilder::run`] ended without being stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumeError {
+    /// The server refused the subscription on its merits (unknown topic, bad name, auth).
+    #[error("consume refused: {0}")]
+    Refused(#[source] ServerError),
+    /// The server stayed unreachable past the reconnect deadline.
+    #[error("no connection for {elapsed:?} after {attempts} attempts: {last}")]
+    Disconnected {
+        attempts: u32,
+        elapsed: Duration,
+        #[source]
+        last: ServerError,
+    },
+}
+
+/// What a consumer did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub delivered: u64,
+    pub acked: u64,
+    /// Handler errors and panics, nacked.
+    pub nacked: u64,
+    pub panicked: u64,
+    /// Acks or nacks the server refused (e.g. the lease expired first).
+    pub settle_errors: u64,
+    pub reconnects: u64,
+}
+
+/// Asks a running consumer to stop gracefully. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StopHandle(Arc<watch::Sender<bool>>);
+
+impl Default for StopHandle {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl StopHandle {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stop taking deliveries; finish and settle the running handlers; then return.
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Entry point: `Consumer::builder(client, topic, group)`.
+#[derive(Debug)]
+pub struct Consumer;
+
+impl Consumer {
+    pub fn builder(
+        client: Client,
+        topic: impl Into<String>,
+        group: impl Into<String>,
+    ) -> ConsumerBuilder {
+        ConsumerBuilder {
+            client,
+            topic: topic.into(),
+            group: group.into(),
+            max_in_flight: 32,
+            lease: None,
+            nack_delay: Duration::ZERO,
+            reconnect: RetryPolicy {
+                deadline: Duration::from_secs(300),
+                ..RetryPolicy::default()
+            },
+            stop: StopHandle::new(),
+        }
+    }
+}
+
+/// Settings of a consumer; [`ConsumerBuilder::run`] starts it.
+#[derive(Debug)]
+pub struct ConsumerBuilder {
+    client: Client,
+    topic: String,
+    group: String,
+    max_in_flight: u32,
+    lease: Option<Duration>,
+    nack_delay: Duration,
+    reconnect: RetryPolicy,
+    stop: StopHandle,
+}
+
+/// A handler's verdict on one delivery.
+enum Outcome {
+    Ack,
+    Nack(String),
+}
+
+/// A finished handler: its receipt, the session it was delivered on, and the verdict.
+type Finished = (String, u64, Outcome, bool);
+
+impl ConsumerBuilder {
+    /// Handlers running at once (at least 1; default 32).
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Lease of each delivery (default: the topic's `ack_wait_ms`). A handler that runs
+    /// longer loses its delivery to a redelivery.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Minimum delay before a nacked message comes back (the topic's backoff applies too).
+    pub fn nack_delay(mut self, delay: Duration) -> Self {
+        self.nack_delay = delay;
+        self
+    }
+
+    /// Backoff between reconnects; `deadline` is the longest outage tolerated.
+    pub fn reconnect(mut self, policy: RetryPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// Uses `stop` to stop this consumer (instead of its own handle).
+    pub fn stop_with(mut self, stop: StopHandle) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// The handle that stops this consumer.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Runs `handler` on every delivery until stopped (then returns the stats) or until a
+    /// final error.
+    pub async fn run<F, Fut, E>(self, handler: F) -> Result<ConsumerStats, ConsumeError>
+    where
+        F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let mut run = Run {
+            cfg: &self,
+            handlers: JoinSet::new(),
+            unanswered: BTreeMap::new(),
+            next_request_id: 1,
+            stats: ConsumerStats::default(),
+            stop: self.stop.0.subscribe(),
+        };
+        let mut outage: Option<(Instant, u32)> = None;
+        for session in 1u64.. {
+            let last = match run.session(session, &handler).await {
+                Ok(Ended::Stopped) => return Ok(run.stats),
+                Ok(Ended::Broken {
+                    made_progress,
+                    error,
+                }) => {
+                    if made_progress {
+                        outage = None;
+                    }
+                    error
+                }
+                Err(e) => return Err(e),
+            };
+            let (since, attempts) = outage.get_or_insert((Instant::now(), 0));
+            *attempts += 1;
+            let delay = self.reconnect.delay(*attempts);
+            if since.elapsed() + delay >= self.reconnect.deadline {
+                return Err(ConsumeError::Disconnected {
+                    attempts: *attempts,
+                    elapsed: since.elapsed(),
+                    last,
+                });
+            }
+            tracing::warn!(error = %last, ?delay, "consumer connection lost; reconnecting");
+            run.stats.reconnects += 1;
+            tokio::time::sleep(delay).await;
+        }
+        unreachable!("sessions are counted by an unbounded range")
+    }
+}
+
+/// What woke a session up.
+enum Event {
+    Stop,
+    Response(Result<Option<proto::ConsumeResponse>, tonic::Status>),
+    Finished(Result<Finished, tokio::task::JoinError>),
+}
+
+enum Ended {
+    Stopped,
+    Broken {
+        /// The session got at least one answer: the outage clock restarts.
+        made_progress: bool,
+        error: ServerError,
+    },
+}
+
+/// State that outlives one connection.
+struct Run<'a> {
+    cfg: &'a ConsumerBuilder,
+    handlers: JoinSet<Finished>,
+    /// Acks and nacks sent and not answered yet; sent again after a reconnect (a repeated
+    /// ack is harmless, a repeated nack is refused as stale).
+    unanswered: BTreeMap<u64, proto::ConsumeRequest>,
+    next_request_id: u64,
+    stats: ConsumerStats,
+    stop: watch::Receiver<bool>,
+}
+
+fn request(kind: In) -> proto::ConsumeRequest {
+    proto::ConsumeRequest { kind: Some(kind) }
+}
+
+impl Run<'_> {
+    async fn session<F, Fut, E>(
+        &mut self,
+        session: u64,
+        handler: &Arc<F>,
+    ) -> Result<Ended, ConsumeError>
+    where
+        F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let mut stopping = *self.stop.borrow();
+        if stopping && self.handlers.is_empty() && self.unanswered.is_empty() {
+            return Ok(Ended::Stopped);
+        }
+        // Unbounded, so sending never waits on the server while it waits on us; it
+        // holds at most a window's worth of acks.
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Handlers still running from an earlier connection keep their share of the
+        // window; each frees it with a Credit when it ends.
+        let credits = if stopping {
+            0
+        } else {
+            self.cfg
+                .max_in_flight
+                .saturating_sub(self.handlers.len() as u32)
+        };
+        let _ = tx.send(request(In::Subscribe(proto::Subscribe {
+            topic: self.cfg.topic.clone(),
+            group: self.cfg.group.clone(),
+            credits,
+            lease_ms: self.cfg.lease.map_or(0, |d| d.as_millis() as u64),
+        })));
+        for req in self.unanswered.values() {
+            let _ = tx.send(req.clone());
+        }
+        if stopping {
+            let _ = tx.send(request(In::Drain(proto::Drain {})));
+        }
+        let mut raw = self.cfg.client.raw();
+        let mut responses = match raw.consume(UnboundedReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return self.broken(status.into(), false),
+        };
+        let mut drained = false;
+        let mut made_progress = false;
+        loop {
+            if stopping && drained && self.handlers.is_empty() && self.unanswered.is_empty() {
+                return Ok(Ended::Stopped);
+            }
+            let event = tokio::select! {
+                _ = self.stop.wait_for(|s| *s), if !stopping => Event::Stop,
+                r = responses.message() => Event::Response(r),
+                Some(f) = self.handlers.join_next(), if !self.handlers.is_empty() => Event::Finished(f),
+            };
+            match event {
+                Event::Stop => {
+                    stopping = true;
+                    let _ = tx.send(request(In::Drain(proto::Drain {})));
+                }
+                Event::Response(Ok(Some(proto::ConsumeResponse { kind: Some(kind) }))) => {
+                    made_progress = true;
+                    match kind {
+                        Out::Delivery(d) => self.spawn_handler(session, handler, d.into()),
+                        Out::AckResult(proto::AckResult { request_id, .. })
+                        | Out::NackResult(proto::NackResult { request_id, .. }) => {
+                            self.unanswered.remove(&request_id);
+                        }
+                        Out::Error(e) => {
+                            self.unanswered.remove(&e.request_id);
+                            self.stats.settle_errors += 1;
+                            tracing::warn!(code = %e.code, message = %e.message, "ack or nack refused");
+                        }
+                        Out::Drained(_) => drained = true,
+                    }
+                }
+                Event::Response(Ok(Some(_))) => {}
+                Event::Response(Ok(None)) => {
+                    let status = tonic::Status::unavailable("the server ended the stream");
+                    return self.broken(status.into(), made_progress);
+                }
+                Event::Response(Err(status)) => return self.broken(status.into(), made_progress),
+                // The outer task never panics: panics are caught inside it.
+                Event::Finished(Err(_)) => {}
+                Event::Finished(Ok((receipt, from_session, outcome, panicked))) => {
+                    self.settle(&tx, receipt, outcome, panicked);
+                    if from_session != session && !stopping {
+                        let _ = tx.send(request(In::Credit(proto::Credit { n: 1 })));
+                    }
+                }
+            }
+        }
+    }
+
+    fn broken(&self, error: ServerError, made_progress: bool) -> Result<Ended, ConsumeError> {
+        if error.is_transient() {
+            Ok(Ended::Broken {
+                made_progress,
+                error,
+            })
+        } else {
+            Err(ConsumeError::Refused(error))
+        }
+    }
+
+    /// Runs the handler in its own task so that a panic is caught as a `JoinError`.
+    fn spawn_handler<F, Fut, E>(&mut self, session: u64, handler: &Arc<F>, delivery: Delivery)
+    where
+        F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.stats.delivered += 1;
+        let receipt = delivery.receipt.clone();
+        let handler = handler.clone();
+        self.handlers.spawn(async move {
+            let run =
+                tokio::spawn(async move { handler(delivery).await.map_err(|e| e.to_string()) });
+            let (outcome, panicked) = match run.await {
+                Ok(Ok(())) => (Outcome::Ack, false),
+                Ok(Err(reason)) => (Outcome::Nack(reason), false),
+                Err(e) if e.is_panic() => {
+                    let reason = format!("handler panicked: {}", panic_text(e.into_panic()));
+                    (Outcome::Nack(reason), true)
+                }
+                Err(e) => (Outcome::Nack(format!("handler cancelled: {e}")), false),
+            };
+            (receipt, session, outcome, panicked)
+        });
+    }
+
+    fn settle(
+        &mut self,
+        tx: &mpsc::UnboundedSender<proto::ConsumeRequest>,
+        receipt: String,
+        outcome: Outcome,
+        panicked: bool,
+    ) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let receipts = vec![receipt];
+        let kind = match outcome {
+            Outcome::Ack => {
+                self.stats.acked += 1;
+                In::Ack(proto::Ack {
+                    request_id,
+                    receipts,
+                })
+            }
+            Outcome::Nack(reason) => {
+                self.stats.nacked += 1;
+                self.stats.panicked += u64::from(panicked);
+                In::Nack(proto::Nack {
+                    request_id,
+                    receipts,
+                    delay_ms: self.cfg.nack_delay.as_millis() as u64,
+                    reason,
+                })
+            }
+        };
+        let req = request(kind);
+        let _ = tx.send(req.clone());
+        self.unanswered.insert(request_id, req);
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-text panic payload)".to_owned()
+    }
+}

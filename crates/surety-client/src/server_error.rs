@@ -1,0 +1,92 @@
+//! What the server (or the way to it) answered when a call failed, and whether trying
+//! again can help.
+
+use tonic::{Code, Status};
+
+/// Metadata key in which the server names the stable error code of docs/errors.md.
+pub const ERROR_CODE_METADATA: &str = "surety-error-code";
+
+/// A failed call: the gRPC status code, the stable Surety code when the server gave one
+/// (`topic_not_found`, `message_too_large`, ...), and the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", grpc_name(*.grpc), .code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+pub struct ServerError {
+    pub grpc: Code,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+fn grpc_name(code: Code) -> String {
+    format!("{code:?}")
+}
+
+impl ServerError {
+    /// True when the same call may succeed later: the server or the network was
+    /// unavailable, or the call ran out of time. Everything the server refused on its
+    /// merits (invalid input, unknown topic, auth) is final.
+    pub fn is_transient(&self) -> bool {
+        match self.grpc {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => true,
+            // Without a Surety code, Unknown comes from the transport (a reset
+            // connection), not from a decision of the server.
+            Code::Unknown => self.code.is_none(),
+            _ => false,
+        }
+    }
+
+    /// A call that ran out of the time this client gave it.
+    pub(crate) fn timed_out(what: &str) -> Self {
+        Self {
+            grpc: Code::DeadlineExceeded,
+            code: None,
+            message: format!("{what} timed out"),
+        }
+    }
+}
+
+impl From<Status> for ServerError {
+    fn from(s: Status) -> Self {
+        Self {
+            grpc: s.code(),
+            code: s
+                .metadata()
+                .get(ERROR_CODE_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            message: s.message().to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, surety: Option<&'static str>) -> ServerError {
+        let mut s = Status::new(code, "m");
+        if let Some(c) = surety {
+            s.metadata_mut()
+                .insert(ERROR_CODE_METADATA, c.parse().unwrap());
+        }
+        s.into()
+    }
+
+    #[test]
+    fn only_unavailability_and_timeouts_are_transient() {
+        assert!(status(Code::Unavailable, None).is_transient());
+        assert!(status(Code::Unavailable, Some("topic_failed")).is_transient());
+        assert!(status(Code::DeadlineExceeded, None).is_transient());
+        assert!(status(Code::Unknown, None).is_transient());
+        assert!(!status(Code::Unknown, Some("x")).is_transient());
+        assert!(!status(Code::InvalidArgument, Some("invalid_message")).is_transient());
+        assert!(!status(Code::NotFound, Some("topic_not_found")).is_transient());
+        assert!(!status(Code::Unauthenticated, Some("unauthorized")).is_transient());
+    }
+
+    #[test]
+    fn display_names_the_stable_code() {
+        let e = status(Code::NotFound, Some("topic_not_found"));
+        assert_eq!(e.code.as_deref(), Some("topic_not_found"));
+        assert_eq!(e.to_string(), "NotFound (topic_not_found): m");
+    }
+}

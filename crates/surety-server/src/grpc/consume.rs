@@ -1,0 +1,266 @@
+//! One `Consume` session: a fetcher task long-polls the broker while the stream has
+//! credits, and the reader applies the client's credits, acks, nacks and drain.
+//!
+//! Credits are a window: the server never has more unsettled deliveries outstanding on
+//! the stream than granted. Settling (ack or nack, accepted or refused) frees a credit.
+//! When the client goes away, fetching stops; deliveries it never settled are left to
+//! their leases, which expire into redelivery (at-least-once).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use surety_broker::{Broker, BrokerError, validate_group_name, validate_topic_name};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::convert;
+use super::proto::{self, consume_request::Kind as In, consume_response::Kind as Out};
+use super::status::{invalid_request, status_of};
+use crate::metrics;
+
+/// Most deliveries asked of one fetch.
+const MAX_FETCH: usize = 256;
+/// Long-poll time of one fetch; bounds how long a drain waits for the fetcher.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// Largest window one stream may hold; more would only pin leases nobody works on.
+const MAX_WINDOW: usize = 10_000;
+/// Acks and nacks of one stream applied at the same time (they share group commits).
+const MAX_CONCURRENT_SETTLES: usize = 64;
+/// Responses buffered towards a slow reader before the session waits for it.
+const OUTBOUND_BUFFER: usize = 64;
+
+type Outbound = mpsc::Sender<Result<proto::ConsumeResponse, Status>>;
+
+struct Session {
+    broker: Broker,
+    topic: String,
+    group: String,
+    lease: Option<Duration>,
+    /// Free room in the window.
+    credits: Semaphore,
+    /// Receipts handed out on this stream and not settled yet.
+    outstanding: Mutex<HashSet<String>>,
+    settles: Arc<Semaphore>,
+    tx: Outbound,
+}
+
+/// Reads the Subscribe, checks it, and starts the session.
+pub(super) async fn start(
+    broker: Broker,
+    mut inbound: Streaming<proto::ConsumeRequest>,
+) -> Result<ReceiverStream<Result<proto::ConsumeResponse, Status>>, Status> {
+    let sub = match inbound.message().await? {
+        Some(proto::ConsumeRequest {
+            kind: Some(In::Subscribe(s)),
+        }) => s,
+        _ => {
+            return Err(invalid_request(
+                "a Consume stream must start with Subscribe",
+            ));
+        }
+    };
+    validate_topic_name(&sub.topic)
+        .map_err(|e| status_of(&BrokerError::InvalidName(e.to_string())))?;
+    validate_group_name(&sub.group)
+        .map_err(|e| status_of(&BrokerError::InvalidName(e.to_string())))?;
+    if !broker.topic_names().contains(&sub.topic) {
+        return Err(status_of(&BrokerError::TopicNotFound(sub.topic)));
+    }
+    let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let window = (sub.credits as usize).min(MAX_WINDOW);
+    let session = Arc::new(Session {
+        broker,
+        topic: sub.topic,
+        group: sub.group,
+        lease: (sub.lease_ms > 0).then(|| Duration::from_millis(sub.lease_ms)),
+        credits: Semaphore::new(window),
+        outstanding: Mutex::new(HashSet::new()),
+        settles: Arc::new(Semaphore::new(MAX_CONCURRENT_SETTLES)),
+        tx,
+    });
+    tokio::spawn(session.read(inbound, window));
+    Ok(ReceiverStream::new(rx))
+}
+
+enum Settle {
+    Ack,
+    Nack { delay: Duration, reason: String },
+}
+
+impl Session {
+    /// The reader: runs until the client's stream ends, then stops the fetcher.
+    async fn read(
+        self: Arc<Self>,
+        mut inbound: Streaming<proto::ConsumeRequest>,
+        mut window: usize,
+    ) {
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(self.clone().fetch(stopped));
+        // A transport error ends the session like a clean end: leases do the rest.
+        while let Ok(Some(req)) = inbound.message().await {
+            match req.kind {
+                Some(In::Credit(c)) => {
+                    let n = (c.n as usize).min(MAX_WINDOW - window);
+                    window += n;
+                    self.credits.add_permits(n);
+                }
+                Some(In::Ack(a)) => {
+                    self.spawn_settle(a.request_id, a.receipts, Settle::Ack)
+                        .await
+                }
+                Some(In::Nack(n)) => {
+                    let op = Settle::Nack {
+                        delay: Duration::from_millis(n.delay_ms),
+                        reason: n.reason,
+                    };
+                    self.spawn_settle(n.request_id, n.receipts, op).await;
+                }
+                Some(In::Drain(_)) => {
+                    let _ = stop.send(true);
+                }
+                Some(In::Subscribe(_)) | None => {
+                    let _ = self
+                        .tx
+                        .send(Err(invalid_request(
+                            "expected Credit, Ack, Nack or Drain after Subscribe",
+                        )))
+                        .await;
+                    break;
+                }
+            }
+        }
+        let _ = stop.send(true);
+    }
+
+    /// Applies an ack or nack in its own task, so that several share a group commit.
+    async fn spawn_settle(self: &Arc<Self>, request_id: u64, receipts: Vec<String>, op: Settle) {
+        let Ok(permit) = self.settles.clone().acquire_owned().await else {
+            return;
+        };
+        let session = self.clone();
+        tokio::spawn(async move {
+            let answer = session.settle(request_id, &receipts, op).await;
+            let _ = session.tx.send(Ok(answer)).await;
+            drop(permit);
+        });
+    }
+
+    async fn settle(
+        &self,
+        request_id: u64,
+        receipts: &[String],
+        op: Settle,
+    ) -> proto::ConsumeResponse {
+        let (b, t, g) = (&self.broker, &self.topic, &self.group);
+        let result = match &op {
+            Settle::Ack => b.ack(t, g, receipts).await,
+            Settle::Nack { delay, reason } => b.nack(t, g, receipts, *delay, reason).await,
+        };
+        // Accepted or refused, these deliveries are no longer the client's to work on
+        // (a refused one is expired or superseded), so their credits come back.
+        let freed = {
+            let mut outstanding = self.outstanding.lock().unwrap();
+            receipts.iter().filter(|r| outstanding.remove(*r)).count()
+        };
+        self.credits.add_permits(freed);
+        match (&result, &op) {
+            (Ok(n), Settle::Ack) => metrics::record_acked(*n),
+            (Ok(n), Settle::Nack { .. }) => metrics::record_nacked(*n),
+            (Err(_), _) => {}
+        }
+        let kind = match (result, op) {
+            (Ok(n), Settle::Ack) => Out::AckResult(proto::AckResult {
+                request_id,
+                acked: n as u64,
+            }),
+            (Ok(n), Settle::Nack { .. }) => Out::NackResult(proto::NackResult {
+                request_id,
+                nacked: n as u64,
+            }),
+            (Err(e), _) => Out::Error(proto::Error {
+                request_id,
+                code: e.code().to_owned(),
+                message: e.to_string(),
+            }),
+        };
+        proto::ConsumeResponse { kind: Some(kind) }
+    }
+
+    /// The fetcher: long-polls while there is room in the window, until stopped or the
+    /// client stops listening. Answers Drained when it ends.
+    async fn fetch(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        loop {
+            let n = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => break,
+                _ = self.tx.closed() => return,
+                n = self.take_credits() => n,
+            };
+            let deliveries = match self
+                .broker
+                .fetch(&self.topic, &self.group, n, FETCH_WAIT, self.lease)
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    // Fetch errors are not per request: they end the session.
+                    let _ = self.tx.send(Err(status_of(&e))).await;
+                    return;
+                }
+            };
+            self.credits.add_permits(n - deliveries.len());
+            let mut deliveries = deliveries.into_iter();
+            while let Some(d) = deliveries.next() {
+                let receipt = d.receipt.clone();
+                // Recorded before it is sent, so its ack always finds it.
+                self.outstanding.lock().unwrap().insert(receipt.clone());
+                let out = Out::Delivery(convert::delivery(d));
+                let sent = self.tx.send(Ok(proto::ConsumeResponse { kind: Some(out) }));
+                if sent.await.is_err() {
+                    let unsent = std::iter::once(receipt).chain(deliveries.map(|d| d.receipt));
+                    self.release(unsent.collect()).await;
+                    return;
+                }
+            }
+        }
+        let drained = Out::Drained(proto::Drained {});
+        let _ = self
+            .tx
+            .send(Ok(proto::ConsumeResponse {
+                kind: Some(drained),
+            }))
+            .await;
+    }
+
+    /// Gives back deliveries the client never got (its stream closed while they were
+    /// fetched): a nack makes them visible again now instead of when the lease ends. It
+    /// counts as a failed delivery, as the lease expiry would.
+    async fn release(&self, receipts: Vec<String>) {
+        let reason = "the consumer's stream closed before delivery";
+        let (b, t, g) = (&self.broker, &self.topic, &self.group);
+        if let Err(e) = b.nack(t, g, &receipts, Duration::ZERO, reason).await {
+            tracing::debug!(error = %e, "releasing undelivered messages failed; their leases will expire");
+        }
+    }
+
+    /// Waits for at least one credit, then takes as many more as are free (up to a fetch).
+    async fn take_credits(&self) -> usize {
+        let Ok(first) = self.credits.acquire().await else {
+            return 0;
+        };
+        first.forget();
+        let mut n = 1;
+        while n < MAX_FETCH {
+            match self.credits.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,170 @@
+//! `POST /v1/topics/{topic}/messages`, and how a stored message looks in JSON (shared by
+//! fetch and dead-letter answers).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use surety_broker::{PublishMessage, PublishResult, StoredMessage};
+
+use super::bytes;
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::path::ApiPath;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub messages: Vec<NewMessage>,
+}
+
+/// One message to publish: exactly one of `payload` / `payload_base64`; at most one of
+/// `key` / `key_base64`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    pub payload: Option<String>,
+    pub payload_base64: Option<String>,
+    pub key: Option<String>,
+    pub key_base64: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub id: Option<String>,
+    pub producer_id: Option<String>,
+    pub sequence: Option<u64>,
+    pub not_before_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PublishResponse {
+    pub results: Vec<PublishResultJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PublishResultJson {
+    pub partition: u32,
+    pub offset: u64,
+    pub duplicate: bool,
+}
+
+impl From<PublishResult> for PublishResultJson {
+    fn from(r: PublishResult) -> Self {
+        Self {
+            partition: r.partition,
+            offset: r.offset,
+            duplicate: r.duplicate,
+        }
+    }
+}
+
+impl NewMessage {
+    fn into_publish(self, max_bytes: usize) -> Result<PublishMessage, ApiError> {
+        let payload = bytes::decode("payload", self.payload, self.payload_base64)?
+            .ok_or_else(|| ApiError::invalid_message("give payload or payload_base64"))?;
+        let m = PublishMessage {
+            key: bytes::decode("key", self.key, self.key_base64)?,
+            headers: self.headers,
+            payload,
+            id: self.id,
+            producer_id: self.producer_id,
+            sequence: self.sequence,
+            not_before: self.not_before_ms,
+        };
+        let size = m.size();
+        if size > max_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_large",
+                format!("message of {size} bytes exceeds the server limit of {max_bytes} bytes"),
+            ));
+        }
+        Ok(m)
+    }
+}
+
+/// Stores the batch (all or nothing: any invalid message refuses the whole batch) and
+/// answers once every message is durable.
+pub async fn publish(
+    State(state): State<AppState>,
+    ApiPath(topic): ApiPath<String>,
+    ApiJson(req): ApiJson<PublishRequest>,
+) -> Result<Json<PublishResponse>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_request("messages must not be empty"));
+    }
+    let mut batch = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let m = m.into_publish(state.max_message_bytes).map_err(|mut e| {
+            e.message = format!("messages[{i}]: {}", e.message);
+            e
+        })?;
+        batch.push(m);
+    }
+    let sizes: Vec<u64> = batch.iter().map(|m| m.payload.len() as u64).collect();
+    let results = state.broker.publish(&topic, batch).await?;
+    crate::metrics::record_publish(&topic, &results, &sizes);
+    Ok(Json(PublishResponse {
+        results: results.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Where a resent dead letter came from.
+#[derive(Debug, Serialize)]
+pub struct ResentFrom {
+    pub group: String,
+    pub dead_letter_id: u64,
+    pub prior_attempts: u32,
+}
+
+/// The user-visible parts of a stored message, flattened into fetch and dead-letter
+/// answers.
+#[derive(Debug, Serialize)]
+pub struct MessageJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    pub timestamp_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub producer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resent_from: Option<ResentFrom>,
+}
+
+impl From<StoredMessage> for MessageJson {
+    fn from(m: StoredMessage) -> Self {
+        let (key, key_base64) = m.key.as_deref().map(bytes::encode).unwrap_or_default();
+        let (payload, payload_base64) = bytes::encode(&m.payload);
+        Self {
+            key,
+            key_base64,
+            headers: m.headers,
+            payload,
+            payload_base64,
+            timestamp_ms: m.timestamp_ms,
+            id: m.id,
+            producer_id: m.producer_id,
+            sequence: m.sequence,
+            not_before_ms: m.not_before,
+            resent_from: m.lineage.map(|l| ResentFrom {
+                group: l.group,
+                dead_letter_id: l.dead_letter_id,
+                prior_attempts: l.prior_attempts,
+            }),
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Every REST error is JSON `{"error":{"code","message"}}` with the status of
+//! docs/errors.md, and a refused request changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, answer, assert_error};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const BAD: StatusCode = StatusCode::BAD_REQUEST;
+
+async fn raw(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    ct: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut rb = s.request(method, path).body(body.to_owned());
+    if let Some(ct) = ct {
+        rb = rb.header("content-type", ct);
+    }
+    answer(rb.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies() {
+    let s = TestServer::start().await;
+    s.topic("t", json!({})).await;
+    let json = Some("application/json");
+    let publish = "/v1/topics/t/messages";
+    for body in [
+        "{",                                              // syntax
+        "[]",                                             // not an object
+        "5",                                              // not an object
+        r#"{"messages": "x"}"#,                           // wrong type
+        r#"{"messages": [{"payload": 5}]}"#,              // wrong type inside
+        r#"{"messages": [{"payload": "x", "nope": 1}]}"#, // unknown field
+        r#"{"messages": []} trailing"#,                   // trailing garbage
+    ] {
+        assert_error(
+            &raw(&s, Method::POST, publish, json, body).await,
+            BAD,
+            "invalid_json",
+        );
+    }
+    // Topic settings: arrays would otherwise map onto fields by position.
+    for body in [
+        "[2, 5]",
+        r#"{"partitions": "2"}"#,
+        r#"{"max_delivery": 3}"#,
+        "null",
+    ] {
+        assert_error(
+            &raw(&s, Method::PUT, "/v1/topics/u", json, body).await,
+            BAD,
+            "invalid_json",
+        );
+    }
+    let unsupported = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    let body = r#"{"messages": [{"payload": "x"}]}"#;
+    assert_error(
+        &raw(&s, Method::POST, publish, None, body).await,
+        unsupported,
+        "unsupported_media_type",
+    );
+    assert_error(
+        &raw(&s, Method::POST, publish, Some("text/plain"), body).await,
+        unsupported,
+        "unsupported_media_type",
+    );
+    assert_error(
+        &raw(&s, Method::PUT, "/v1/topics/u", None, "{}").await,
+        unsupported,
+        "unsupported_media_type",
+    );
+    // `application/*+json` with parameters is JSON.
+    let (status, _) = raw(
+        &s,
+        Method::POST,
+        publish,
+        Some("application/vnd.x+json; charset=utf-8"),
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Nothing refused was stored or created.
+    assert_eq!(s.end_offsets("t").await, json!([1]));
+    assert_error(
+        &s.get("/v1/topics/u").await,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_methods_names_and_topics() {
+    let s = TestServer::start().await;
+    assert_error(&s.get("/nope").await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &s.get("/v1/topics/t/whatever").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let res = s
+        .request(Method::DELETE, "/v1/topics/t")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers()["allow"].to_str().unwrap().contains("PUT"));
+    assert_error(
+        &answer(res).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+    assert_error(
+        &s.get("/v1/topics/t/messages").await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+
+    assert_error(
+        &s.put("/v1/topics/bad%20name", json!({})).await,
+        BAD,
+        "invalid_name",
+    );
+    assert_error(
+        &s.put("/v1/topics/a:b", json!({})).await,
+        BAD,
+        "invalid_name",
+    );
+    assert_error(
+        &s.put("/v1/topics/%FF", json!({})).await,
+        BAD,
+        "invalid_name",
+    );
+    assert_error(
+        &s.put("/v1/topics/t", json!({"partitions": 0})).await,
+        BAD,
+        "invalid_config",
+    );
+    s.topic("t", json!({"partitions": 2})).await;
+    assert_error(
+        &s.put("/v1/topics/t", json!({"partitions": 1})).await,
+        BAD,
+        "invalid_config",
+    );
+    assert_error(
+        &s.post("/v1/topics/t/groups/bad%20g/fetch", json!({})).await,
+        BAD,
+        "invalid_name",
+    );
+
+    let nf = StatusCode::NOT_FOUND;
+    assert_error(&s.get("/v1/topics/missing").await, nf, "topic_not_found");
+    assert_error(
+        &s.post(
+            "/v1/topics/missing/messages",
+            json!({"messages": [{"payload": "x"}]}),
+        )
+        .await,
+        nf,
+        "topic_not_found",
+    );
+    assert_error(
+        &s.post("/v1/topics/missing/groups/g/fetch", json!({})).await,
+        nf,
+        "topic_not_found",
+    );
+    assert_error(
+        &s.post("/v1/topics/missing/groups/g/ack", json!({"receipts": []}))
+            .await,
+        nf,
+        "topic_not_found",
+    );
+    assert_error(
+        &s.post("/v1/topics/missing/groups/g/nack", json!({"receipts": []}))
+            .await,
+        nf,
+        "topic_not_found",
+    );
+    assert_error(
+        &s.get("/v1/topics/missing/groups/g/dead-letters").await,
+        nf,
+        "topic_not_found",
+    );
+    assert_error(
+        &s.post(
+            "/v1/topics/missing/groups/g/dead-letters/resend",
+            json!({"all": true}),
+        )
+        .await,
+        nf,
+        "topic_not_found",
+    );
+    assert_error(
+        &s.get("/v1/topics/t/groups/g/dead-letters/42").await,
+        nf,
+        "dead_letter_not_found",
+    );
+    assert_error(
+        &s.get("/v1/topics/t/groups/g/dead-letters/abc").await,
+        nf,
+        "dead_letter_not_found",
+    );
+    // The refused partition decrease changed nothing.
+    let (_, t) = s.get("/v1/topics/t").await;
+    assert_eq!(t["partitions"], 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_refuse_the_whole_batch() {
+    let s = TestServer::start_with(|settings, _| {
+        settings.max_message_bytes = Some(1000);
+        settings.max_request_bytes = Some(4000);
+    })
+    .await;
+    s.topic("t", json!({})).await;
+    let publish = |messages: serde_json::Value| {
+        let s = &s;
+        async move {
+            s.post("/v1/topics/t/messages", json!({"messages": messages}))
+                .await
+        }
+    };
+    let ok = json!({"payload": "fine"});
+    let big = "x".repeat(1001);
+    let too_large = StatusCode::PAYLOAD_TOO_LARGE;
+    assert_error(
+        &publish(json!([ok, {"payload": big}])).await,
+        too_large,
+        "message_too_large",
+    );
+    assert_error(
+        &publish(json!([ok, {"payload": "x".repeat(900), "key": "y".repeat(101)}])).await,
+        too_large,
+        "message_too_large",
+    );
+    assert_error(
+        &publish(json!([ok, {"payload_base64": "not base64!"}])).await,
+        BAD,
+        "invalid_base64",
+    );
+    assert_error(
+        &publish(json!([ok, {"payload": "x", "key_base64": "%%%"}])).await,
+        BAD,
+        "invalid_base64",
+    );
+    assert_error(
+        &publish(json!([ok, {"payload": "x", "payload_base64": "eA=="}])).await,
+        BAD,
+        "invalid_message",
+    );
+    assert_error(
+        &publish(json!([ok, {"key": "k"}])).await,
+        BAD,
+        "invalid_message",
+    );
+    assert_error(
+        &publish(json!([ok, {"payload": "x", "headers": {"surety.id": "1"}}])).await,
+        BAD,
+        "invalid_message",
+    );
+    assert_error(
+        &publish(json!([ok, {"payload": "x", "producer_id": "p"}])).await,
+        BAD,
+        "invalid_message",
+    );
+    assert_error(&publish(json!([])).await, BAD, "invalid_request");
+    // Over max_request_bytes: refused before parsing.
+    let many: Vec<_> = (0..10)
+        .map(|_| json!({"payload": "z".repeat(500)}))
+        .collect();
+    assert_error(&publish(json!(many)).await, too_large, "payload_too_large");
+    let (_, v) = publish(json!([ok, {"payload": big}])).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages[1]:"),
+        "{v}"
+    );
+    assert_eq!(s.end_offsets("t").await, json!([0]), "nothing stored");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_ack_nack_and_dead_letter_bounds() {
+    let s = TestServer::start().await;
+    s.topic("t", json!({})).await;
+    let fetch = "/v1/topics/t/groups/g/fetch";
+    for body in [
+        json!({"max": 0}),
+        json!({"max": 1001}),
+        json!({"wait_ms": 30001}),
+        json!({"lease_ms": 0}),
+    ] {
+        assert_error(&s.post(fetch, body).await, BAD, "invalid_request");
+    }
+    assert_error(
+        &s.post(fetch, json!({"max": -1})).await,
+        BAD,
+        "invalid_json",
+    );
+    assert_error(
+        &s.post("/v1/topics/t/groups/g/ack", json!({})).await,
+        BAD,
+        "invalid_json",
+    );
+    assert_error(
+        &s.post(
+            "/v1/topics/t/groups/g/nack",
+            json!({"receipts": [], "delay_ms": 100_000_000}),
+        )
+        .await,
+        BAD,
+        "invalid_request",
+    );
+    for body in [
+        json!({}),
+        json!({"all": false}),
+        json!({"ids": [1], "all": true}),
+    ] {
+        for action in ["resend", "purge"] {
+            let path = format!("/v1/topics/t/groups/g/dead-letters/{action}");
+            assert_error(&s.post(&path, body.clone()).await, BAD, "invalid_request");
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_forged_foreign_stale_expired() {
+    let s = TestServer::start().await;
+    s.topic("t", json!({"retry_backoff": {"initial_ms": 0}}))
+        .await;
+    s.topic("u", json!({})).await;
+    s.publish_texts("t", &["a", "b"]).await;
+    let got = s.fetch("t", "g", json!({"max": 2})).await;
+    let (r0, r1) = (got[0]["receipt"].clone(), got[1]["receipt"].clone());
+    let ack = "/v1/topics/t/groups/g/ack";
+    assert_error(
+        &s.post(ack, json!({"receipts": ["forged"]})).await,
+        BAD,
+        "receipt_invalid",
+    );
+    // Signed for another group or topic.
+    assert_error(
+        &s.post("/v1/topics/t/groups/h/ack", json!({"receipts": [r0]}))
+            .await,
+        BAD,
+        "receipt_invalid",
+    );
+    assert_error(
+        &s.post("/v1/topics/u/groups/g/ack", json!({"receipts": [r0]}))
+            .await,
+        BAD,
+        "receipt_invalid",
+    );
+    // One bad receipt refuses the batch: r0 stays unacked.
+    assert_error(
+        &s.post(ack, json!({"receipts": [r0, "forged"]})).await,
+        BAD,
+        "receipt_invalid",
+    );
+    let (_, t) = s.get("/v1/topics/t").await;
+    let g = t["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "g")
+        .unwrap();
+    assert_eq!(g["acked"], 0, "{t}");
+
+    // After a nack, r1 names an older delivery once the message is delivered again.
+    let (status, _) = s
+        .post("/v1/topics/t/groups/g/nack", json!({"receipts": [r1]}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let again = s
+        .fetch("t", "g", json!({"max": 1, "wait_ms": 5000, "lease_ms": 1}))
+        .await;
+    assert_eq!(again[0]["delivery_count"], 2);
+    assert_error(
+        &s.post(ack, json!({"receipts": [r1]})).await,
+        StatusCode::CONFLICT,
+        "receipt_stale",
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let r2 = again[0]["receipt"].clone();
+    assert_error(
+        &s.post(ack, json!({"receipts": [r2]})).await,
+        StatusCode::CONFLICT,
+        "lease_expired",
+    );
+    s.stop().await;
+}

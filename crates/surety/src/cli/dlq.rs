@@ -1,0 +1,308 @@
+//! `surety dlq list|show|resend|purge`: a consumer group's dead-letter queue.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::ClientArgs;
+use super::error::CliError;
+use super::http::Client;
+use super::output::{self, Align, Table};
+
+pub const LONG_ABOUT: &str = "\
+Inspect and settle a consumer group's dead-letter queue: messages that used up their
+deliveries (the topic's max_deliveries), kept with the reason and attempts. Dead
+letters never expire; resend delivers them to that group again, purge deletes them.
+
+Examples:
+  surety dlq list orders --group billing
+  surety dlq show orders --group billing 3
+  surety dlq resend orders --group billing --id 3 --id 4
+  surety dlq resend orders --group billing --all
+  surety dlq purge orders --group billing --all";
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub conn: ClientArgs,
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// The group's dead letters: id, partition:offset, attempts, reason, payload
+    #[command(long_about = "List a group's dead letters.\n\n\
+                            Example:\n  surety dlq list orders --group billing")]
+    List(Queue),
+    /// One dead letter in full: reason, attempts, delivery times, key, headers, payload
+    #[command(long_about = "Show one dead letter in full.\n\n\
+                            Example:\n  surety dlq show orders --group billing 3")]
+    Show {
+        #[command(flatten)]
+        queue: Queue,
+        /// Dead-letter id (from `surety dlq list`)
+        id: u64,
+    },
+    /// Deliver dead letters to the group again (other groups are not affected)
+    #[command(
+        long_about = "Put dead letters back into the group's delivery, with a fresh \
+                            delivery count. Other groups do not see them again.\n\n\
+                            Examples:\n  surety dlq resend orders --group billing --id 3\n  \
+                            surety dlq resend orders --group billing --all"
+    )]
+    Resend {
+        #[command(flatten)]
+        queue: Queue,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Delete dead letters for good (counted by the server); needs --id or --all
+    #[command(
+        long_about = "Delete dead letters for good. There is no confirmation prompt, \
+                            so the selection must be explicit: --id (repeatable) or --all. \
+                            The server counts purged dead letters.\n\n\
+                            Examples:\n  surety dlq purge orders --group billing --id 3\n  \
+                            surety dlq purge orders --group billing --all"
+    )]
+    Purge {
+        #[command(flatten)]
+        queue: Queue,
+        #[command(flatten)]
+        which: Which,
+    },
+}
+
+/// Dead-letter queues are per topic and group.
+#[derive(Debug, Args)]
+struct Queue {
+    /// Topic of the dead letters
+    topic: String,
+    /// Consumer group whose dead letters these are
+    #[arg(long, short)]
+    group: String,
+}
+
+/// Resend and purge act on an explicit selection, never on a default.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// Dead-letter id; repeat for more
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<u64>,
+    /// Every dead letter of the group
+    #[arg(long)]
+    all: bool,
+}
+
+impl Queue {
+    fn path<'a>(&'a self, action: Option<&'a str>) -> Vec<&'a str> {
+        let mut p = vec![
+            "v1",
+            "topics",
+            &self.topic,
+            "groups",
+            &self.group,
+            "dead-letters",
+        ];
+        p.extend(action);
+        p
+    }
+}
+
+impl Which {
+    fn body(&self) -> Value {
+        if self.all {
+            json!({ "all": true })
+        } else {
+            json!({ "ids": self.ids })
+        }
+    }
+}
+
+pub async fn run(args: DlqArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.conn)?;
+    let json = args.conn.json;
+    match args.command {
+        DlqCommand::List(q) => {
+            let letters = list(&client, &q).await?;
+            if json {
+                return output::json(&Value::Array(letters));
+            }
+            output::table(
+                &table(&letters),
+                letters.len(),
+                &format!("no dead letters for group {} on topic {}", q.group, q.topic),
+            )
+        }
+        DlqCommand::Show { queue, id } => {
+            let id = id.to_string();
+            let letter = client.get(&queue.path(Some(&id))).await?;
+            if json {
+                output::json(&letter)
+            } else {
+                output::line(&show(&letter))
+            }
+        }
+        DlqCommand::Resend { queue, which } => {
+            settle(&client, &queue, &which, "resend", "resent", json).await
+        }
+        DlqCommand::Purge { queue, which } => {
+            settle(&client, &queue, &which, "purge", "purged", json).await
+        }
+    }
+}
+
+async fn list(client: &Client, q: &Queue) -> Result<Vec<Value>, CliError> {
+    let answer = client.get(&q.path(None)).await?;
+    answer
+        .get("dead_letters")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or_else(|| CliError::Protocol("dead-letter list without \"dead_letters\"".into()))
+}
+
+/// Resend or purge: POST `{ids}|{all}` to `.../dead-letters/{action}`, which answers
+/// `{"<done>": n}` (unknown ids are skipped, not refused).
+async fn settle(
+    client: &Client,
+    q: &Queue,
+    which: &Which,
+    action: &str,
+    done: &str,
+    json: bool,
+) -> Result<(), CliError> {
+    let answer = client
+        .post(&q.path(Some(action)), &which.body(), Duration::ZERO)
+        .await?;
+    if json {
+        return output::json(&answer);
+    }
+    let n = answer
+        .get(done)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| CliError::Protocol(format!("{action} answer without \"{done}\"")))?;
+    output::line(&format!(
+        "{done} {} of group {} on topic {}",
+        output::plural(n as usize, "dead letter"),
+        q.group,
+        q.topic
+    ))
+}
+
+fn table(letters: &[Value]) -> Table {
+    let mut t = Table::new(&[
+        ("id", Align::Right),
+        ("message", Align::Left),
+        ("attempts", Align::Right),
+        ("reason", Align::Left),
+        ("payload", Align::Left),
+    ]);
+    for l in letters {
+        let at = match (
+            output::number(l, &["/partition"]),
+            output::number(l, &["/offset"]),
+        ) {
+            (Some(p), Some(o)) => format!("{p}:{o}"),
+            _ => "-".into(),
+        };
+        t.row(vec![
+            output::cell(output::number(l, &["/id"])),
+            at,
+            output::cell(output::number(l, &["/attempts"])),
+            output::truncate(l.get("reason").and_then(Value::as_str).unwrap_or(""), 40),
+            output::truncate(&output::bytes_field(l, "payload").unwrap_or_default(), 40),
+        ]);
+    }
+    t
+}
+
+/// Every field as `name  value`: where and why first, the message itself last and
+/// whole (payload unabridged).
+fn show(letter: &Value) -> String {
+    const FIRST: [&str; 9] = [
+        "id",
+        "partition",
+        "offset",
+        "group",
+        "reason",
+        "attempts",
+        "first_delivered_at_ms",
+        "last_delivered_at_ms",
+        "dead_lettered_at_ms",
+    ];
+    const MESSAGE: [&str; 5] = ["key", "key_base64", "headers", "payload", "payload_base64"];
+    let empty = serde_json::Map::new();
+    let map = letter.as_object().unwrap_or(&empty);
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let known = FIRST.iter().filter_map(|k| map.get(*k).map(|v| (*k, v)));
+    let others = map
+        .iter()
+        .filter(|(k, _)| !FIRST.contains(&k.as_str()) && !MESSAGE.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v));
+    for (k, v) in known.chain(others) {
+        if !v.is_null() {
+            rows.push((k.to_string(), text(v)));
+        }
+    }
+    if let Some(key) = output::bytes_field(letter, "key") {
+        rows.push(("key".into(), key));
+    }
+    if let Some(h) = map
+        .get("headers")
+        .filter(|h| h.as_object().is_some_and(|m| !m.is_empty()))
+    {
+        rows.push(("headers".into(), h.to_string()));
+    }
+    rows.push((
+        "payload".into(),
+        output::bytes_field(letter, "payload").unwrap_or_default(),
+    ));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_bodies() {
+        let all = Which {
+            ids: vec![],
+            all: true,
+        };
+        assert_eq!(all.body(), json!({"all": true}));
+        let some = Which {
+            ids: vec![3, 4],
+            all: false,
+        };
+        assert_eq!(some.body(), json!({"ids": [3, 4]}));
+    }
+
+    #[test]
+    fn list_and_show_render() {
+        let l = json!({"id":7,"partition":0,"offset":12,"reason":"lease expired","attempts":5,
+                       "key":"k","headers":{"a":"b"},"payload":"boom"});
+        assert_eq!(
+            table(std::slice::from_ref(&l)).to_text(),
+            "id  message  attempts  reason         payload\n\
+             --  -------  --------  -------------  -------\n \
+             7  0:12            5  lease expired  boom\n"
+        );
+        let s = show(&l);
+        assert_eq!(
+            s,
+            "id         7\npartition  0\noffset     12\nreason     lease expired\n\
+             attempts   5\nkey        k\nheaders    {\"a\":\"b\"}\npayload    boom"
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! `surety publish`: one message from the command line or a file, or one per line of
+//! stdin in batches; prints where each landed once the server has it on disk.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::error::CliError;
+use super::http::{Client, decode};
+use super::{ClientArgs, output};
+
+pub const LONG_ABOUT: &str = "\
+Publish messages to a topic. The command returns once the server has stored every
+message on disk (fsync) and prints each one's partition:offset.
+
+The payload is MESSAGE, or the whole of --file, or else every line of stdin (one
+message per line, empty lines skipped, sent in batches of --batch).
+
+Examples:
+  surety publish orders 'order 17 paid'
+  surety publish orders --key customer-9 --header source=web 'order 18 paid'
+  surety publish images --file cat.png
+  seq 1 10000 | surety publish numbers
+  # a retry of this exact command is stored once (idempotent producer):
+  surety publish orders --producer-id billing-1 --sequence 42 'invoice 42'";
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Topic to publish to
+    topic: String,
+    /// The payload; without it (and without --file) stdin is read, one message per line
+    #[arg(conflicts_with = "file")]
+    message: Option<String>,
+    /// Publish the whole file as one message (bytes that are not UTF-8 go as base64)
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Message key: messages with the same key go to the same partition, in order
+    #[arg(long)]
+    key: Option<String>,
+    /// A header NAME=VALUE; repeat for more
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Message id: a second message with the same id within the topic's dedupe window
+    /// is not stored again (one message only)
+    #[arg(long)]
+    id: Option<String>,
+    /// Idempotent producer: this id plus --sequence makes a retry store nothing new
+    #[arg(long, requires = "sequence", value_name = "ID")]
+    producer_id: Option<String>,
+    /// Sequence of the first message for --producer-id; each further stdin line takes
+    /// the next number
+    #[arg(long, requires = "producer_id", value_name = "N")]
+    sequence: Option<u64>,
+    /// Messages per request when reading stdin
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
+    /// Last, so that its help heading does not swallow the options above.
+    #[command(flatten)]
+    pub conn: ClientArgs,
+}
+
+/// `--header` values: the name must be non-empty; the value may be.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "expected NAME=VALUE (for example --header source=web), got {s:?}"
+        )),
+    }
+}
+
+/// The server's answer for one message.
+#[derive(Debug, Deserialize)]
+struct Stored {
+    partition: u32,
+    offset: u64,
+    #[serde(default)]
+    duplicate: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishResponse {
+    results: Vec<Value>,
+}
+
+/// Everything of a message except its payload, shared by every message of one command.
+#[derive(Debug)]
+struct Envelope {
+    key: Option<String>,
+    headers: BTreeMap<String, String>,
+    id: Option<String>,
+    producer: Option<(String, u64)>,
+}
+
+impl Envelope {
+    fn from_args(args: &PublishArgs) -> Result<Self, CliError> {
+        let mut headers = BTreeMap::new();
+        for (name, value) in &args.headers {
+            if headers.insert(name.clone(), value.clone()).is_some() {
+                return Err(CliError::Usage(format!("--header {name} is given twice")));
+            }
+        }
+        Ok(Self {
+            key: args.key.clone(),
+            headers,
+            id: args.id.clone(),
+            producer: args.producer_id.clone().zip(args.sequence),
+        })
+    }
+
+    /// The JSON of the `index`-th message of this command (its sequence is offset by it).
+    fn message(&self, payload: Vec<u8>, index: u64) -> Result<Value, CliError> {
+        let mut m = Map::new();
+        match String::from_utf8(payload) {
+            Ok(text) => m.insert("payload".into(), text.into()),
+            Err(e) => m.insert(
+                "payload_base64".into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(e.as_bytes())
+                    .into(),
+            ),
+        };
+        if let Some(k) = &self.key {
+            m.insert("key".into(), k.clone().into());
+        }
+        if !self.headers.is_empty() {
+            m.insert("headers".into(), json!(self.headers));
+        }
+        if let Some(id) = &self.id {
+            m.insert("id".into(), id.clone().into());
+        }
+        if let Some((producer, first)) = &self.producer {
+            let seq = first.checked_add(index).ok_or_else(|| {
+                CliError::Usage("--sequence overflows for this many messages".into())
+            })?;
+            m.insert("producer_id".into(), producer.clone().into());
+            m.insert("sequence".into(), seq.into());
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+pub async fn run(args: PublishArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.conn)?;
+    let envelope = Envelope::from_args(&args)?;
+    let mut publisher = Publisher {
+        client: &client,
+        topic: &args.topic,
+        envelope: &envelope,
+        results: Vec::new(),
+    };
+    let outcome = match (&args.message, &args.file) {
+        (Some(text), _) => publisher.send(vec![text.clone().into_bytes()]).await,
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path).map_err(|source| CliError::Io {
+                what: format!("cannot read {}", path.display()),
+                source,
+            })?;
+            publisher.send(vec![bytes]).await
+        }
+        (None, None) => publisher.stdin(args.batch as usize).await,
+    };
+    if let Err(e) = outcome {
+        if !publisher.results.is_empty() {
+            // Those are durable: say so, so that a retry does not publish them twice.
+            eprintln!(
+                "note: {} before the error were stored ({}); the rest were not",
+                output::plural(publisher.results.len(), "message"),
+                publisher.summary()?.1
+            );
+        }
+        return Err(e);
+    }
+    if args.conn.json {
+        output::json(&json!({ "results": publisher.results }))
+    } else {
+        let (count, ranges, dups) = publisher.summary()?;
+        let mut text = format!(
+            "published {} to {} ({ranges})",
+            output::plural(count, "message"),
+            args.topic
+        );
+        if dups > 0 {
+            text.push_str(&format!(
+                "; {dups} of them {} already stored (duplicate)",
+                if dups == 1 { "was" } else { "were" }
+            ));
+        }
+        output::line(&text)
+    }
+}
+
+struct Publisher<'a> {
+    client: &'a Client,
+    topic: &'a str,
+    envelope: &'a Envelope,
+    /// The server's results, in input order.
+    results: Vec<Value>,
+}
+
+impl Publisher<'_> {
+    /// One POST of `payloads`, numbered after those already sent.
+    async fn send(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), CliError> {
+        let first = self.results.len() as u64;
+        let messages = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| self.envelope.message(p, first + i as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sent = messages.len();
+        let answer = self
+            .client
+            .post(
+                &["v1", "topics", self.topic, "messages"],
+                &json!({ "messages": messages }),
+                Duration::ZERO,
+            )
+            .await?;
+        let resp: PublishResponse = decode("publish answer", &answer)?;
+        if resp.results.len() != sent {
+            return Err(CliError::Protocol(format!(
+                "sent {sent} messages, got {} results",
+                resp.results.len()
+            )));
+        }
+        self.results.extend(resp.results);
+        Ok(())
+    }
+
+    /// Stdin, one message per line, `batch` per request; a progress bar on stderr once
+    /// there is more than one batch of piped input.
+    async fn stdin(&mut self, batch: usize) -> Result<(), CliError> {
+        let stdin = io::stdin();
+        let interactive = stdin.is_terminal();
+        if interactive {
+            eprintln!("reading messages from stdin, one per line; end with Ctrl-D");
+        }
+        let mut reader = stdin.lock();
+        let mut bar: Option<ProgressBar> = None;
+        let outcome = async {
+            loop {
+                let lines = read_lines(&mut reader, batch)?;
+                if lines.is_empty() {
+                    break;
+                }
+                // An id names one message: refuse before anything is stored.
+                if self.envelope.id.is_some() && (lines.len() > 1 || !self.results.is_empty()) {
+                    return Err(CliError::Usage(
+                        "--id names a single message, but stdin has more than one line".into(),
+                    ));
+                }
+                let full = lines.len() == batch;
+                self.send(lines).await?;
+                if full && !interactive && bar.is_none() {
+                    bar = Some(progress_bar());
+                }
+                if let Some(b) = &bar {
+                    b.set_position(self.results.len() as u64);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        outcome?;
+        if self.results.is_empty() {
+            return Err(CliError::Usage(
+                "nothing to publish: give MESSAGE, --file PATH, or lines on stdin".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// (messages, their partition:offset ranges, how many were duplicates)
+    fn summary(&self) -> Result<(usize, String, usize), CliError> {
+        let stored: Vec<Stored> = self
+            .results
+            .iter()
+            .map(|r| decode("publish result", r))
+            .collect::<Result<_, _>>()?;
+        let offsets: Vec<(u32, u64)> = stored.iter().map(|s| (s.partition, s.offset)).collect();
+        let dups = stored.iter().filter(|s| s.duplicate).count();
+        Ok((stored.len(), output::offset_ranges(&offsets), dups))
+    }
+}
+
+/// Up to `max` non-empty lines, without their line ending.
+fn read_lines(reader: &mut impl BufRead, max: usize) -> Result<Vec<Vec<u8>>, CliError> {
+    let mut lines = Vec::new();
+    while lines.len() < max {
+        let mut line = Vec::new();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|source| CliError::Io {
+                what: "cannot read stdin".into(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        if line.ends_with(b"\n") {
+            line.pop();
+            if line.ends_with(b"\r") {
+                line.pop();
+            }
+        }
+        if !line.is_empty() {
+            lines.push(line);
+        }
+    }
+    Ok(lines)
+}
+
+/// Stdin has no known length: a counter with a rate, not a percentage.
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {human_pos} messages published in {elapsed}")
+            .expect("static template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_or_explain() {
+        assert_eq!(parse_header("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert_eq!(parse_header("a=").unwrap(), ("a".into(), String::new()));
+        assert!(parse_header("nope").unwrap_err().contains("NAME=VALUE"));
+        assert!(parse_header("=v").is_err());
+    }
+
+    #[test]
+    fn envelope_numbers_sequences_and_encodes_bytes() {
+        let e = Envelope {
+            key: Some("k".into()),
+            headers: BTreeMap::from([("h".into(), "v".into())]),
+            id: None,
+            producer: Some(("p".into(), 41)),
+        };
+        assert_eq!(
+            e.message(b"hi".to_vec(), 1).unwrap(),
+            json!({"payload":"hi","key":"k","headers":{"h":"v"},"producer_id":"p","sequence":42})
+        );
+        let bare = Envelope {
+            key: None,
+            headers: BTreeMap::new(),
+            id: Some("x".into()),
+            producer: None,
+        };
+        assert_eq!(
+            bare.message(vec![0xff, 0], 0).unwrap(),
+            json!({"payload_base64":"/wA=","id":"x"})
+        );
+        let full = Envelope {
+            producer: Some(("p".into(), u64::MAX)),
+            ..bare
+        };
+        assert!(matches!(full.message(vec![], 1), Err(CliError::Usage(_))));
+    }
+
+    #[test]
+    fn stdin_lines_skip_blanks_and_strip_endings() {
+        let mut input = io::Cursor::new(b"a\r\n\nb\nc".to_vec());
+        assert_eq!(
+            read_lines(&mut input, 2).unwrap(),
+            [b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(read_lines(&mut input, 2).unwrap(), [b"c".to_vec()]);
+        assert!(read_lines(&mut input, 2).unwrap().is_empty());
+    }
+}

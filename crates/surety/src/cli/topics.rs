@@ -1,0 +1,328 @@
+//! `surety topics create|list|describe`.
+
+use clap::{Args, Subcommand};
+use reqwest::StatusCode;
+use serde_json::{Map, Value};
+
+use super::error::CliError;
+use super::http::Client;
+use super::output::{self, Align, Table};
+use super::{ClientArgs, groups};
+
+pub const LONG_ABOUT: &str = "\
+Create, list and describe topics.
+
+Examples:
+  surety topics create orders --partitions 4 --max-deliveries 5 --ack-wait-ms 30000
+  surety topics create audit --config-json '{\"durability\":\"fsync\",\"dedupe_window_ms\":60000}'
+  surety topics list
+  surety topics describe orders";
+
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    #[command(flatten)]
+    pub conn: ClientArgs,
+    #[command(subcommand)]
+    command: TopicsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create a topic, or change an existing one's settings (partitions only grow)
+    #[command(long_about = CREATE_ABOUT)]
+    Create(CreateArgs),
+    /// All topics with their partitions, messages, lag and dead letters
+    #[command(
+        long_about = "All topics with their partitions, retained messages, total \
+                            lag and dead letters over all groups.\n\n\
+                            Example:\n  surety topics list --json | jq -r '.[].name'"
+    )]
+    List,
+    /// A topic's settings, partitions, and per-group state with conservation counters
+    #[command(long_about = DESCRIBE_ABOUT)]
+    Describe {
+        /// Topic to describe
+        name: String,
+    },
+}
+
+const CREATE_ABOUT: &str = "\
+Create a topic, or apply settings to an existing one (its partitions may grow, never
+shrink). Flags override the same keys of --config-json; unset settings keep their
+defaults (1 partition, 5 deliveries, 30 s ack wait).
+
+Examples:
+  surety topics create orders
+  surety topics create orders --partitions 4 --max-deliveries 10 --ack-wait-ms 60000
+  surety topics create audit --config-json '{\"durability\":\"fsync\"}'";
+
+const DESCRIBE_ABOUT: &str = "\
+Show a topic's settings, its partitions' offsets, and per consumer group: lag, in
+flight, dead letters, and the conservation counters. For every group the server
+keeps accepted = acked + in flight + pending + dead-lettered + expired; the
+`conserved` column checks it.
+
+Example:
+  surety topics describe orders";
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// Topic name: 1-249 characters of A-Z a-z 0-9 . _ -
+    name: String,
+    /// Partitions (1-1024)
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Deliveries before a message goes to the dead-letter queue (1-1000)
+    #[arg(long)]
+    max_deliveries: Option<u32>,
+    /// Lease of a delivery in ms: unacked after it, the message is delivered again
+    #[arg(long, value_name = "MS")]
+    ack_wait_ms: Option<u64>,
+    /// Any topic settings as a JSON object, e.g. '{"retention":{"max_age_ms":86400000}}'
+    #[arg(long, value_name = "JSON", value_parser = parse_object)]
+    config_json: Option<Map<String, Value>>,
+}
+
+fn parse_object(s: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("must be a JSON object, like '{\"partitions\":2}'".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
+pub async fn run(args: TopicsArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.conn)?;
+    let json = args.conn.json;
+    match args.command {
+        TopicsCommand::Create(c) => create(&client, c, json).await,
+        TopicsCommand::List => list(&client, json).await,
+        TopicsCommand::Describe { name } => describe(&client, &name, json).await,
+    }
+}
+
+/// GET /v1/topics/{topic}, shared with `surety groups`.
+pub async fn fetch(client: &Client, topic: &str) -> Result<Value, CliError> {
+    client.get(&["v1", "topics", topic]).await
+}
+
+async fn create(client: &Client, c: CreateArgs, json: bool) -> Result<(), CliError> {
+    let mut body = c.config_json.unwrap_or_default();
+    let flags = [
+        ("partitions", c.partitions.map(u64::from)),
+        ("max_deliveries", c.max_deliveries.map(u64::from)),
+        ("ack_wait_ms", c.ack_wait_ms),
+    ];
+    for (name, v) in flags {
+        if let Some(v) = v {
+            body.insert(name.into(), v.into());
+        }
+    }
+    let changes = !body.is_empty();
+    let (status, answer) = client
+        .put(&["v1", "topics", &c.name], &Value::Object(body))
+        .await?;
+    if json {
+        return output::json(&answer);
+    }
+    let verb = match (status == StatusCode::CREATED, changes) {
+        (true, _) => "created topic",
+        (false, true) => "updated topic",
+        (false, false) => "topic already exists:",
+    };
+    let config = config_of(&answer);
+    output::line(&format!(
+        "{verb} {} ({}, max deliveries {}, ack wait {} ms)",
+        c.name,
+        output::plural(
+            output::number(config, &["/partitions"]).unwrap_or(1) as usize,
+            "partition"
+        ),
+        output::cell(output::number(config, &["/max_deliveries"])),
+        output::cell(output::number(config, &["/ack_wait_ms"])),
+    ))
+}
+
+async fn list(client: &Client, json: bool) -> Result<(), CliError> {
+    let answer = client.get(&["v1", "topics"]).await?;
+    // `{"topics":[...]}` or a bare array.
+    let topics = answer
+        .get("topics")
+        .unwrap_or(&answer)
+        .as_array()
+        .ok_or_else(|| CliError::Protocol("GET /v1/topics is not a list of topics".into()))?;
+    if json {
+        return output::json(&Value::Array(topics.clone()));
+    }
+    let mut t = Table::new(&[
+        ("topic", Align::Left),
+        ("partitions", Align::Right),
+        ("messages", Align::Right),
+        ("groups", Align::Right),
+        ("lag", Align::Right),
+        ("dead letters", Align::Right),
+    ]);
+    for topic in topics {
+        let gs = groups::of(topic);
+        let sum = |pointers: &[&str]| -> Option<u64> {
+            gs.iter().map(|g| output::number(g, pointers)).sum()
+        };
+        t.row(vec![
+            topic
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .into(),
+            output::cell(partitions(topic)),
+            output::cell(retained(topic)),
+            gs.len().to_string(),
+            output::cell(sum(&["/lag"])),
+            output::cell(sum(&[
+                "/dead_letters",
+                "/dead_letters_live",
+                "/dead_letters/live",
+            ])),
+        ]);
+    }
+    output::table(
+        &t,
+        topics.len(),
+        "no topics yet (create one: surety topics create NAME)",
+    )
+}
+
+async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliError> {
+    let topic = fetch(client, name).await?;
+    if json {
+        return output::json(&topic);
+    }
+    let mut out = format!("topic {name}\n");
+    let mut settings = Vec::new();
+    flatten("", config_of(&topic), &mut settings);
+    let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in &settings {
+        out.push_str(&format!("  {k:<width$}  {v}\n"));
+    }
+    let (starts, ends) = (
+        offsets(&topic, "start_offsets"),
+        offsets(&topic, "end_offsets"),
+    );
+    if !ends.is_empty() {
+        let mut t = Table::new(&[
+            ("partition", Align::Right),
+            ("start", Align::Right),
+            ("end", Align::Right),
+            ("messages", Align::Right),
+        ]);
+        for (p, end) in ends.iter().enumerate() {
+            let start = starts.get(p).copied().unwrap_or(0);
+            t.row(vec![
+                p.to_string(),
+                start.to_string(),
+                end.to_string(),
+                end.saturating_sub(start).to_string(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.to_text());
+    }
+    let gs = groups::of(&topic);
+    out.push('\n');
+    if gs.is_empty() {
+        out.push_str("no consumer groups yet\n");
+    } else {
+        out.push_str(&groups::table(gs, true).to_text());
+    }
+    output::line(out.trim_end())
+}
+
+/// The settings of a topic answer: under `config`, or the answer itself.
+fn config_of(topic: &Value) -> &Value {
+    topic.get("config").unwrap_or(topic)
+}
+
+fn partitions(topic: &Value) -> Option<u64> {
+    output::number(topic, &["/config/partitions", "/partitions"])
+        .or_else(|| topic.get("end_offsets")?.as_array().map(|a| a.len() as u64))
+}
+
+fn offsets(topic: &Value, field: &str) -> Vec<u64> {
+    topic
+        .get(field)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// Messages still retained: the sum over partitions of end - start.
+fn retained(topic: &Value) -> Option<u64> {
+    let ends = offsets(topic, "end_offsets");
+    if ends.is_empty() {
+        return None;
+    }
+    let starts = offsets(topic, "start_offsets");
+    Some(
+        ends.iter()
+            .enumerate()
+            .map(|(p, e)| e.saturating_sub(starts.get(p).copied().unwrap_or(0)))
+            .sum(),
+    )
+}
+
+/// Settings as `a.b  value` lines, nested objects dotted; groups and offsets are shown
+/// in their own tables, and the name in the title.
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    let Some(map) = v.as_object() else { return };
+    for (k, v) in map {
+        if prefix.is_empty()
+            && matches!(
+                k.as_str(),
+                "name" | "groups" | "start_offsets" | "end_offsets"
+            )
+        {
+            continue;
+        }
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Object(_) => flatten(&key, v, out),
+            Value::String(s) => out.push((key, s.clone())),
+            Value::Null => out.push((key, "none".into())),
+            other => out.push((key, other.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_json_must_be_an_object() {
+        assert!(parse_object(r#"{"partitions":2}"#).is_ok());
+        assert!(parse_object("[1]").unwrap_err().contains("object"));
+        assert!(parse_object("{").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn settings_flatten_and_offsets_sum() {
+        let topic = json!({"name":"t","config":{"partitions":2,"retention":{"max_age_ms":5},
+                           "durability":"fsync"},"start_offsets":[1,0],"end_offsets":[4,2]});
+        let mut s = Vec::new();
+        flatten("", config_of(&topic), &mut s);
+        assert_eq!(
+            s,
+            [
+                ("durability".to_string(), "fsync".to_string()),
+                ("partitions".into(), "2".into()),
+                ("retention.max_age_ms".into(), "5".into()),
+            ]
+        );
+        assert_eq!(retained(&topic), Some(5));
+        assert_eq!(partitions(&topic), Some(2));
+    }
+}

@@ -1,0 +1,523 @@
+//! The client commands (`publish`, `consume`, `topics`, `groups`, `dlq`) run as the
+//! built binary against a real `surety serve` on a free port: output in both formats,
+//! exit codes, and the one-line errors for bad input and a server that is down.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_surety");
+
+/// A `surety serve` child on a free port with its own data directory; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data.path())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The ready line: "surety listening on http://ADDR (data DIR)".
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .strip_prefix("surety listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no ready line from surety serve, got {line:?}"))
+            .to_string();
+        Server {
+            child,
+            url,
+            _data: data,
+        }
+    }
+
+    /// Runs `surety ARGS --server URL`, with `stdin` piped in.
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Run {
+        run_at(&self.url, args, stdin)
+    }
+
+    /// Runs and expects exit 0; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        self.run(args, b"").success()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.ok(&args)).expect("stdout is one JSON document")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Run(Output);
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.0.status.code().expect("exited, not signalled")
+    }
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    fn success(&self) -> String {
+        assert_eq!(self.code(), 0, "stderr: {}", self.stderr());
+        self.stdout()
+    }
+    /// Asserts the exit code and that stderr is exactly one `error:` line; returns it.
+    fn fails(&self, code: i32) -> String {
+        assert_eq!(
+            self.code(),
+            code,
+            "stdout: {} stderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        let err = self.stderr();
+        assert!(err.starts_with("error: "), "{err}");
+        err.lines().next().unwrap().to_string()
+    }
+}
+
+fn run_at(url: &str, args: &[&str], stdin: &[u8]) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["--server", url])
+        .env_remove("SURETY_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    Run(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn publish_consume_and_describe() {
+    let s = Server::start();
+    assert_eq!(
+        s.ok(&["topics", "create", "orders", "--partitions", "2"])
+            .trim(),
+        "created topic orders (2 partitions, max deliveries 5, ack wait 30000 ms)"
+    );
+    assert!(
+        s.ok(&["topics", "create", "orders"])
+            .starts_with("topic already exists:")
+    );
+
+    // One message: key, headers, human output.
+    let out = s.ok(&[
+        "publish", "orders", "first", "--key", "k1", "--header", "a=b", "--header", "c=",
+    ]);
+    assert!(
+        out.starts_with("published 1 message to orders (") && out.trim().ends_with(')'),
+        "{out}"
+    );
+    // A file with bytes that are not UTF-8 goes as base64 and comes back so.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, [0xff, 0x00, 0x01]).unwrap();
+    let v = s.json(&[
+        "publish",
+        "orders",
+        "--file",
+        file.to_str().unwrap(),
+        "--key",
+        "k1",
+    ]);
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    // Stdin in several batches: every line stored once, in order per partition.
+    let lines: String = (1..=1200).map(|i| format!("line {i}\n")).collect();
+    let out = s
+        .run(
+            &["publish", "orders", "--batch", "500", "--json"],
+            lines.as_bytes(),
+        )
+        .success();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 1200);
+
+    // Consume: human lines, then JSON lines; each printed message is acked.
+    let out = s.ok(&["consume", "orders", "--group", "g", "--max", "2"]);
+    let human: Vec<&str> = out.lines().collect();
+    assert_eq!(human.len(), 2, "{out}");
+    for l in &human {
+        let (at, rest) = l.split_once(' ').unwrap();
+        assert!(at.split_once(':').is_some(), "partition:offset first: {l}");
+        assert!(rest.starts_with("[delivery 1] "), "{l}");
+    }
+    let out = s.ok(&[
+        "consume", "orders", "--group", "g", "--max", "2000", "--json",
+    ]);
+    let msgs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(
+        msgs.len(),
+        1202 - 2,
+        "everything but the 2 already consumed"
+    );
+    assert!(
+        msgs.iter().any(|m| m["payload_base64"] == "/wAB"),
+        "binary payload comes back as base64"
+    );
+    // The first message of partition 1 may have been among the 2 consumed above.
+    if let Some(m) = msgs.iter().find(|m| m["payload"] == "first") {
+        assert_eq!(m["key"], "k1");
+        assert_eq!(m["headers"], serde_json::json!({"a": "b", "c": ""}));
+    }
+    let nothing = s.run(&["consume", "orders", "--group", "g"], b"");
+    assert_eq!(nothing.success(), "");
+    assert!(
+        nothing.stderr().contains("no messages ready"),
+        "{}",
+        nothing.stderr()
+    );
+
+    // Describe: the group acked everything, and the counters add up.
+    let out = s.ok(&["topics", "describe", "orders"]);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("g "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "g", "0", "0", "0", "1202", "1202", "0", "0", "0", "0", "yes"
+        ]
+    );
+    let v = s.json(&["topics", "describe", "orders"]);
+    assert_eq!(v["groups"][0]["acked"], 1202);
+    let v = s.json(&["topics", "list"]);
+    assert_eq!(v[0]["name"], "orders");
+    assert!(
+        s.ok(&["topics", "list"])
+            .contains("orders           2      1202")
+    );
+    let v = s.json(&["groups", "orders"]);
+    assert_eq!(v[0]["name"], "g");
+    assert!(
+        s.ok(&["groups", "orders"])
+            .lines()
+            .nth(2)
+            .unwrap()
+            .starts_with("g ")
+    );
+}
+
+#[test]
+fn idempotent_publish_is_reported_as_duplicate() {
+    let s = Server::start();
+    s.ok(&["topics", "create", "t"]);
+    let args = [
+        "publish",
+        "t",
+        "x",
+        "--producer-id",
+        "p1",
+        "--sequence",
+        "7",
+    ];
+    let first = s.ok(&args);
+    let again = s.ok(&args);
+    assert!(
+        again.contains("1 of them was already stored (duplicate)"),
+        "{again}"
+    );
+    assert_eq!(first.lines().next(), again.split(';').next());
+    // Stdin lines take consecutive sequences: 7 is a duplicate, 8 and 9 are new.
+    let out = s
+        .run(
+            &[
+                "publish",
+                "t",
+                "--producer-id",
+                "p1",
+                "--sequence",
+                "7",
+                "--json",
+            ],
+            b"x\ny\nz\n",
+        )
+        .success();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let dups: Vec<bool> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["duplicate"].as_bool().unwrap())
+        .collect();
+    assert_eq!(dups, [true, false, false]);
+}
+
+#[test]
+fn dead_letters_list_show_resend_purge() {
+    let s = Server::start();
+    s.ok(&["topics", "create", "d", "--max-deliveries", "1"]);
+    s.ok(&["publish", "d", "poison", "--header", "h=v", "--key", "kk"]);
+    // Not acked, the lease runs out; the next fetch dead-letters it (1 delivery max).
+    let out = s.ok(&["consume", "d", "-g", "g", "--no-ack", "--lease-ms", "50"]);
+    assert_eq!(out.trim(), "0:0 [delivery 1] key=kk poison");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert_eq!(s.ok(&["consume", "d", "-g", "g"]), "");
+
+    let v = s.json(&["dlq", "list", "d", "-g", "g"]);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let id = v[0]["id"].as_u64().unwrap().to_string();
+    let out = s.ok(&["dlq", "list", "d", "-g", "g"]);
+    assert!(out.lines().nth(2).unwrap().contains("0:0"), "{out}");
+    assert!(out.contains("poison"), "{out}");
+    let out = s.ok(&["dlq", "show", "d", "-g", "g", &id]);
+    assert!(
+        out.contains("headers") && out.contains(r#"{"h":"v"}"#),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with("payload                poison"),
+        "{out}"
+    );
+    assert_eq!(
+        s.json(&["dlq", "show", "d", "-g", "g", &id])["payload"],
+        "poison"
+    );
+    let missing = s.run(&["dlq", "show", "d", "-g", "g", "999"], b"");
+    assert!(missing.fails(1).ends_with("(dead_letter_not_found)"));
+    assert_eq!(
+        s.json(&["groups", "d"])[0]["dead_letters"],
+        1,
+        "the group counts its dead letter"
+    );
+
+    // Purge and resend need an explicit selection.
+    let err = s.run(&["dlq", "purge", "d", "-g", "g"], b"");
+    assert_eq!(err.code(), 2);
+    assert!(err.stderr().contains("--id <ID>|--all"), "{}", err.stderr());
+    assert_eq!(s.run(&["dlq", "resend", "d", "-g", "g"], b"").code(), 2);
+
+    assert_eq!(
+        s.ok(&["dlq", "resend", "d", "-g", "g", "--id", &id]).trim(),
+        "resent 1 dead letter of group g on topic d"
+    );
+    let out = s.ok(&["consume", "d", "-g", "g", "--no-ack", "--lease-ms", "50"]);
+    assert!(out.ends_with("[delivery 1] key=kk poison\n"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    s.ok(&["consume", "d", "-g", "g"]);
+    assert_eq!(
+        s.json(&["dlq", "purge", "d", "-g", "g", "--all"])["purged"],
+        1
+    );
+    assert_eq!(
+        s.ok(&["dlq", "list", "d", "-g", "g"]).trim(),
+        "no dead letters for group g on topic d"
+    );
+}
+
+#[test]
+fn errors_are_one_line_with_exit_codes() {
+    let s = Server::start();
+    // Server-side errors: exit 1 with the server's code.
+    assert_eq!(
+        s.run(&["publish", "nope", "x"], b"").fails(1),
+        r#"error: topic "nope" does not exist (topic_not_found)"#
+    );
+    assert!(
+        s.run(&["topics", "describe", "nope"], b"")
+            .fails(1)
+            .ends_with("(topic_not_found)")
+    );
+    assert!(
+        s.run(&["topics", "create", "bad!name"], b"")
+            .fails(1)
+            .ends_with("(invalid_name)")
+    );
+    assert!(
+        s.run(&["topics", "create", "t", "--partitions", "0"], b"")
+            .fails(1)
+            .ends_with("(invalid_config)")
+    );
+    s.ok(&["topics", "create", "t"]);
+    assert!(
+        s.run(&["publish", "t", "x", "--header", "surety.x=1"], b"")
+            .fails(1)
+            .ends_with("(invalid_message)")
+    );
+    // Usage errors: exit 2, nothing sent.
+    let bad_header = s
+        .run(&["publish", "t", "x", "--header", "nope"], b"")
+        .fails(2);
+    assert!(bad_header.contains("expected NAME=VALUE"), "{bad_header}");
+    assert_eq!(
+        s.run(&["publish", "t", "--id", "i"], b"a\nb\n").fails(2),
+        "error: --id names a single message, but stdin has more than one line"
+    );
+    assert!(
+        s.run(&["publish", "t"], b"\n\n")
+            .fails(2)
+            .contains("nothing to publish")
+    );
+    assert_eq!(
+        s.run(&["publish", "t", "x", "--producer-id", "p"], b"")
+            .code(),
+        2
+    );
+    assert!(
+        s.run(&["topics", "create", "t", "--config-json", "[1]"], b"")
+            .fails(2)
+            .contains("JSON object")
+    );
+    assert!(
+        run_at("localhost:7333", &["topics", "list"], b"")
+            .fails(2)
+            .contains("--server")
+    );
+    assert_eq!(
+        s.json(&["topics", "describe", "t"])["groups"],
+        Value::Array(vec![])
+    );
+    assert!(
+        s.ok(&["consume", "t", "-g", "g"]).is_empty(),
+        "nothing was published by the refused commands"
+    );
+}
+
+#[test]
+fn server_down_is_explained() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    for args in [
+        &["topics", "list"][..],
+        &["publish", "t", "x"],
+        &["consume", "t", "-g", "g"],
+    ] {
+        assert_eq!(
+            run_at(&url, args, b"").fails(1),
+            format!(
+                "error: cannot reach the Surety server at {url}: is it running? \
+                 (start it with: surety serve)"
+            )
+        );
+    }
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    for cmd in [
+        &["publish"][..],
+        &["consume"],
+        &["topics"],
+        &["topics", "create"],
+        &["topics", "describe"],
+        &["groups"],
+        &["dlq"],
+        &["dlq", "purge"],
+    ] {
+        let out = Command::new(BIN).args(cmd).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example"),
+            "{cmd:?} --help has no example:\n{text}"
+        );
+        assert!(text.contains("surety "), "{cmd:?}");
+    }
+}
+
+#[test]
+fn follow_prints_and_acks_until_ctrl_c() {
+    let s = Server::start();
+    s.ok(&["topics", "create", "f"]);
+    let mut follower = Command::new(BIN)
+        .args([
+            "consume",
+            "f",
+            "-g",
+            "g",
+            "--follow",
+            "--json",
+            "--wait-ms",
+            "200",
+        ])
+        .args(["--server", &s.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    s.run(&["publish", "f"], b"a\nb\nc\n").success();
+    let mut out = BufReader::new(follower.stdout.take().unwrap());
+    let mut payloads = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let m: Value = serde_json::from_str(&line).unwrap();
+        payloads.push(m["payload"].as_str().unwrap().to_string());
+    }
+    assert_eq!(payloads, ["a", "b", "c"]);
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let status = follower.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "Ctrl-C is a normal end of --follow");
+    // What was printed was acked.
+    let v = s.json(&["groups", "f"]);
+    assert_eq!(v[0]["acked"], 3);
+    assert_eq!(v[0]["lag"], 0);
+}
+
+#[test]
+fn bearer_token_from_flag_or_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "s3cret\n").unwrap();
+    let s = Server::start_with(&["--auth-token-file", tokens.to_str().unwrap()]);
+    let err = s.run(&["topics", "list"], b"").fails(1);
+    assert!(err.ends_with("; pass --token or set SURETY_TOKEN"), "{err}");
+    assert!(
+        s.ok(&["topics", "list", "--token", "s3cret"])
+            .starts_with("no topics yet")
+    );
+    let out = Command::new(BIN)
+        .args(["topics", "list", "--server", &s.url])
+        .env("SURETY_TOKEN", "s3cret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
