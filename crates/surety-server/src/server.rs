@@ -82,9 +82,9 @@ impl Server {
             source,
         })?;
         let state = AppState {
-            broker,
             tokens,
             max_message_bytes: config.max_message_bytes,
+            ..AppState::new(broker)
         };
         let server = Server {
             app: router(state.clone(), config.max_request_bytes),
@@ -129,8 +129,13 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let upkeep = tokio::spawn(maintain(self.state.broker.clone(), stopped));
         tracing::info!(addr = %self.addr, data = %self.config.data.display(), "serving");
+        let streams = self.state.shutdown.clone();
         let served = axum::serve(self.listener, self.app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Ends open Consume streams; graceful shutdown waits for them.
+                streams.send_replace(true);
+            })
             .await;
         tracing::info!("stopped accepting; in-flight requests finished");
         let _ = stop.send(true);

@@ -44,11 +44,14 @@ struct Session {
     outstanding: Mutex<HashSet<String>>,
     settles: Arc<Semaphore>,
     tx: Outbound,
+    /// The server is shutting down: stop reading and fetching, so the stream ends.
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Reads the Subscribe, checks it, and starts the session.
 pub(super) async fn start(
     broker: Broker,
+    shutdown: watch::Receiver<bool>,
     mut inbound: Streaming<proto::ConsumeRequest>,
 ) -> Result<ReceiverStream<Result<proto::ConsumeResponse, Status>>, Status> {
     let sub = match inbound.message().await? {
@@ -79,6 +82,7 @@ pub(super) async fn start(
         outstanding: Mutex::new(HashSet::new()),
         settles: Arc::new(Semaphore::new(MAX_CONCURRENT_SETTLES)),
         tx,
+        shutdown,
     });
     tokio::spawn(session.read(inbound, window));
     Ok(ReceiverStream::new(rx))
@@ -98,8 +102,16 @@ impl Session {
     ) {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(self.clone().fetch(stopped));
+        let mut shutdown = self.shutdown.clone();
         // A transport error ends the session like a clean end: leases do the rest.
-        while let Ok(Some(req)) = inbound.message().await {
+        loop {
+            let req = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                req = inbound.message() => match req {
+                    Ok(Some(req)) => req,
+                    _ => break,
+                },
+            };
             match req.kind {
                 Some(In::Credit(c)) => {
                     let n = (c.n as usize).min(MAX_WINDOW - window);
@@ -191,10 +203,12 @@ impl Session {
     /// The fetcher: long-polls while there is room in the window, until stopped or the
     /// client stops listening. Answers Drained when it ends.
     async fn fetch(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        let mut shutdown = self.shutdown.clone();
         loop {
             let n = tokio::select! {
                 biased;
                 _ = stopped.wait_for(|s| *s) => break,
+                _ = shutdown.wait_for(|s| *s) => break,
                 _ = self.tx.closed() => return,
                 n = self.take_credits() => n,
             };

@@ -68,7 +68,12 @@ impl Surety for Service {
         &self,
         request: Request<Streaming<proto::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        let stream = consume::start(self.state.broker.clone(), request.into_inner()).await?;
+        let stream = consume::start(
+            self.state.broker.clone(),
+            self.state.shutting_down(),
+            request.into_inner(),
+        )
+        .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
