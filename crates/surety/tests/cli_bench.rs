@@ -1,5 +1,5 @@
-//! Runs the built `surety` binary end to end: very short `bench log` and `bench broker`
-//! runs must produce complete JSON, write no Markdown, and leave no benchmark files behind.
+//! Runs the built `surety` binary end to end: very short `bench log`, `bench broker` and
+//! `bench server` runs must produce complete JSON, write no Markdown, and leave no benchmark files behind.
 
 use std::process::Command;
 
@@ -137,6 +137,63 @@ fn bench_broker_json() {
     assert_eq!(v["settings"]["producers"].as_u64(), Some(1));
     assert_eq!(v["settings"]["partitions"].as_u64(), Some(4));
 
+    let left: Vec<_> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn bench_server_json() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_surety"))
+        .args([
+            "bench",
+            "server",
+            "--seconds",
+            "0.3",
+            "--no-write",
+            "--json",
+            "--producers",
+            "1",
+            "--consumers",
+            "1",
+            "--rate",
+            "200",
+        ])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "surety failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    for path in [
+        "/log/msgs_per_sec",
+        "/closed_loop/msgs_per_sec",
+        "/closed_loop/mb_per_sec",
+        "/closed_loop/publish_latency/p50_us",
+        "/closed_loop/publish_latency/p99_us",
+        "/closed_loop/end_to_end_latency/p50_us",
+        "/closed_loop/end_to_end_latency/p99_us",
+        "/closed_loop/vs_log",
+        "/open_loop/acked_per_sec",
+        "/open_loop/publish_latency/p50_us",
+        "/open_loop/publish_latency/p99_us",
+        "/open_loop/publish_latency/p999_us",
+        "/targets/0/measured",
+        "/targets/1/measured",
+    ] {
+        positive(&v, path);
+    }
+    assert_eq!(v["open_loop"]["offered_per_sec"].as_f64(), Some(200.0));
+    assert_eq!(v["settings"]["server"].as_str(), Some("spawned"));
+    assert_eq!(v["settings"]["partitions"].as_u64(), Some(4));
+
+    // The spawned server was stopped and its data removed with ./surety-bench.
     let left: Vec<_> = std::fs::read_dir(cwd.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

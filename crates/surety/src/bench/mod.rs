@@ -5,6 +5,7 @@ mod broker;
 mod log;
 mod progress;
 mod report;
+mod server;
 pub(crate) mod table;
 
 use std::fs::{self, File};
@@ -41,12 +42,17 @@ enum Which {
     /// next to the log's own append rate, and memory per in-flight message
     #[command(long_about = broker::LONG_ABOUT, after_help = broker::AFTER_HELP)]
     Broker(broker::BrokerArgs),
+    /// A Surety server over gRPC with the Rust client: closed-loop throughput end to end
+    /// and publish-ack latency at a fixed rate, next to the log's own append rate
+    #[command(long_about = server::LONG_ABOUT, after_help = server::AFTER_HELP)]
+    Server(server::ServerArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Log(args) => log::run(args),
         Which::Broker(args) => broker::run(args),
+        Which::Server(args) => server::run(args),
     }
 }
 
