@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use surety_broker::{Broker, BrokerError, BrokerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
