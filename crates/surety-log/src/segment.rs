@@ -275,6 +275,9 @@ pub fn scan(
 /// Whether every byte from `pos` to `file_len` is zero (preallocated, never written).
 pub fn is_zero_tail(file: &dyn StorageFile, pos: u64, file_len: u64) -> io::Result<bool> {
     let mut buf = vec![0u8; READ_CHUNK];
+    // Slice equality compiles to memcmp: fast even in debug builds, where a byte loop over
+    // a 64 MiB preallocated segment took a third of a second.
+    let zeros = vec![0u8; READ_CHUNK];
     let mut at = pos;
     while at < file_len {
         let want = READ_CHUNK.min((file_len - at) as usize);
@@ -282,7 +285,7 @@ pub fn is_zero_tail(file: &dyn StorageFile, pos: u64, file_len: u64) -> io::Resu
         if n == 0 {
             break;
         }
-        if buf[..n].iter().any(|&b| b != 0) {
+        if buf[..n] != zeros[..n] {
             return Ok(false);
         }
         at += n as u64;
