@@ -22,6 +22,9 @@ use crate::metrics;
 
 /// Most deliveries asked of one fetch.
 const MAX_FETCH: usize = 256;
+/// A fetch waits up to `FETCH_LINGER` for this many credits when few are free.
+const FETCH_BATCH_TARGET: usize = 32;
+const FETCH_LINGER: Duration = Duration::from_millis(2);
 /// Long-poll time of one fetch; bounds how long a drain waits for the fetcher.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// Largest window one stream may hold; more would only pin leases nobody works on.
@@ -265,8 +268,26 @@ impl Session {
             return 0;
         };
         first.forget();
-        let mut n = 1;
-        while n < MAX_FETCH {
+        let mut n = 1 + self.take_available(MAX_FETCH - 1);
+        // Under load credits come back one ack at a time; fetching each at once would cost
+        // a journal sync per delivery. Let them gather briefly so one fetch serves many.
+        let deadline = tokio::time::Instant::now() + FETCH_LINGER;
+        while n < FETCH_BATCH_TARGET {
+            match tokio::time::timeout_at(deadline, self.credits.acquire()).await {
+                Ok(Ok(p)) => {
+                    p.forget();
+                    n += 1 + self.take_available(MAX_FETCH - n - 1);
+                }
+                _ => break,
+            }
+        }
+        n
+    }
+
+    /// Takes up to `max` credits that are free right now.
+    fn take_available(&self, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
             match self.credits.try_acquire() {
                 Ok(p) => {
                     p.forget();
