@@ -19,12 +19,12 @@ use surety_log::LogConfig;
 use tokio::runtime::Runtime;
 
 use super::progress::Progress;
-use super::report::{self, MachineInfo, Provenance};
+use super::report::{MachineInfo, Provenance};
 use super::table::{Align, Table};
 use super::{
-    BenchDir, DEFAULT_BASE, MEASURING, Ratio, STOPPING, WARMING, Window, fmt_secs, fmt_us,
-    group_thousands, latency_histogram, measure_log, nanos, parse_positive, parse_seconds, payload,
-    ratio, ratios_table, runtime_workers, tick_until,
+    BenchDir, MEASURING, Output, Ratio, STOPPING, WARMING, Window, base_dir_display, fmt_secs,
+    fmt_us, group_thousands, latency_histogram, measure_log, nanos, parse_positive, parse_seconds,
+    payload, ratio, ratios_table, runtime_workers, tick_until,
 };
 
 /// The log baseline runs this many concurrent appenders (bench log's throughput row).
@@ -292,12 +292,7 @@ pub fn run(args: BrokerArgs) -> Result<()> {
             fetch_wait_ms: FETCH_WAIT.as_millis() as u64,
             inflight: args.inflight,
             runtime_worker_threads: runtime_workers(),
-            directory: args
-                .dir
-                .as_deref()
-                .unwrap_or(Path::new(DEFAULT_BASE))
-                .display()
-                .to_string(),
+            directory: base_dir_display(args.dir.as_deref()),
         },
         log,
         broker,
@@ -305,20 +300,13 @@ pub fn run(args: BrokerArgs) -> Result<()> {
         memory,
     };
 
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", text_report(&result));
+    Output {
+        json: args.json,
+        no_write: args.no_write,
+        file: &args.output,
+        section: SECTION,
     }
-    if !args.no_write {
-        report::write_section(&args.output, SECTION, &markdown_report(&result))
-            .with_context(|| format!("writing {}", args.output.display()))?;
-        eprintln!(
-            "Updated the bench:{SECTION} section of {}",
-            args.output.display()
-        );
-    }
-    Ok(())
+    .emit(&result, text_report, markdown_report)
 }
 
 impl Row {

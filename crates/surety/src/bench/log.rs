@@ -13,12 +13,12 @@ use serde::Serialize;
 use surety_log::LogConfig;
 
 use super::progress::Progress;
-use super::report::{self, MachineInfo, Provenance};
+use super::report::{MachineInfo, Provenance};
 use super::table::{Align, Table};
 use super::{
-    BenchDir, DEFAULT_BASE, Measurement, Ratio, Window, fmt_secs, fmt_us, group_thousands,
-    latency_histogram, measure_log, nanos, parse_positive, parse_seconds, payload, ratio,
-    runtime_workers,
+    BenchDir, Measurement, Output, Ratio, Window, base_dir_display, fmt_secs, fmt_us,
+    group_thousands, latency_histogram, measure_log, nanos, parse_positive, parse_seconds, payload,
+    ratio, runtime_workers,
 };
 
 /// Records per write in the batched raw baseline.
@@ -281,12 +281,7 @@ pub fn run(args: LogArgs) -> Result<()> {
             preallocate: config.preallocate,
             appenders: args.appenders.clone(),
             runtime_worker_threads: runtime_workers(),
-            directory: args
-                .dir
-                .as_deref()
-                .unwrap_or(Path::new(DEFAULT_BASE))
-                .display()
-                .to_string(),
+            directory: base_dir_display(args.dir.as_deref()),
         },
         machine,
         raw_batched,
@@ -295,20 +290,13 @@ pub fn run(args: LogArgs) -> Result<()> {
         ratios,
     };
 
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", text_report(&result));
+    Output {
+        json: args.json,
+        no_write: args.no_write,
+        file: &args.output,
+        section: SECTION,
     }
-    if !args.no_write {
-        report::write_section(&args.output, SECTION, &markdown_report(&result))
-            .with_context(|| format!("writing {}", args.output.display()))?;
-        eprintln!(
-            "Updated the bench:{SECTION} section of {}",
-            args.output.display()
-        );
-    }
-    Ok(())
+    .emit(&result, text_report, markdown_report)
 }
 
 /// Measures every subject for `rounds` slices of `window`, taking turns: a disk whose

@@ -125,6 +125,45 @@ struct BenchDir {
 /// Next to where the user runs the benchmark, not /tmp, which is often tmpfs.
 const DEFAULT_BASE: &str = "surety-bench";
 
+/// The benchmark directory as the report names it.
+fn base_dir_display(dir: Option<&Path>) -> String {
+    dir.unwrap_or(Path::new(DEFAULT_BASE)).display().to_string()
+}
+
+/// Where a benchmark's figures go: stdout as text or JSON, and its own section of
+/// BENCHMARKS.md unless `--no-write`.
+struct Output<'a> {
+    json: bool,
+    no_write: bool,
+    file: &'a Path,
+    section: &'a str,
+}
+
+impl Output<'_> {
+    fn emit<T: Serialize>(
+        &self,
+        result: &T,
+        text: impl FnOnce(&T) -> String,
+        markdown: impl FnOnce(&T) -> String,
+    ) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(result)?);
+        } else {
+            print!("{}", text(result));
+        }
+        if !self.no_write {
+            report::write_section(self.file, self.section, &markdown(result))
+                .with_context(|| format!("writing {}", self.file.display()))?;
+            eprintln!(
+                "Updated the bench:{} section of {}",
+                self.section,
+                self.file.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 impl BenchDir {
     fn create(base: Option<&Path>) -> Result<Self> {
         let base = base.unwrap_or(Path::new(DEFAULT_BASE)).to_path_buf();

@@ -19,10 +19,10 @@ use surety_log::LogConfig;
 use tokio::task::JoinSet;
 
 use super::progress::Progress;
-use super::report::{self, MachineInfo, Provenance};
+use super::report::{MachineInfo, Provenance};
 use super::table::{Align, Table};
 use super::{
-    BenchDir, DEFAULT_BASE, MEASURING, STOPPING, WARMING, Window, fmt_secs, fmt_us,
+    BenchDir, MEASURING, Output, STOPPING, WARMING, Window, base_dir_display, fmt_secs, fmt_us,
     group_thousands, latency_histogram, measure_log, nanos, parse_positive, parse_seconds, payload,
     ratio, runtime_workers, tick_until,
 };
@@ -347,12 +347,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
             publish_batch: args.batch,
             offered_rate: args.rate,
             runtime_worker_threads: runtime_workers(),
-            directory: args
-                .dir
-                .as_deref()
-                .unwrap_or(Path::new(DEFAULT_BASE))
-                .display()
-                .to_string(),
+            directory: base_dir_display(args.dir.as_deref()),
         },
         log,
         closed_loop,
@@ -360,20 +355,13 @@ pub fn run(args: ServerArgs) -> Result<()> {
         targets,
     };
 
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", text_report(&result));
+    Output {
+        json: args.json,
+        no_write: args.no_write,
+        file: &args.output,
+        section: SECTION,
     }
-    if !args.no_write {
-        report::write_section(&args.output, SECTION, &markdown_report(&result))
-            .with_context(|| format!("writing {}", args.output.display()))?;
-        eprintln!(
-            "Updated the bench:{SECTION} section of {}",
-            args.output.display()
-        );
-    }
-    Ok(())
+    .emit(&result, text_report, markdown_report)
 }
 
 impl Row {
