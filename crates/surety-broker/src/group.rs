@@ -552,18 +552,7 @@ impl GroupPartition {
                     if delivery != 1 {
                         return fail("a fresh offset's first delivery must be 1");
                     }
-                    self.next_fresh += 1;
-                    self.attempts.insert(
-                        offset,
-                        Attempt {
-                            deliveries: 0,
-                            first_delivered_at: None,
-                            last_delivered_at: None,
-                            last_reason: None,
-                            state: AttemptState::Waiting { visible_at: at },
-                        },
-                    );
-                    self.waiting.insert((at, offset));
+                    self.take_fresh_as_waiting(offset, at);
                 }
                 let Some(a) = self.attempts.get_mut(&offset) else {
                     return fail("offset is not pending");
@@ -591,18 +580,7 @@ impl GroupPartition {
                 if offset != self.next_fresh {
                     return fail("only the next fresh offset can be deferred");
                 }
-                self.next_fresh += 1;
-                self.attempts.insert(
-                    offset,
-                    Attempt {
-                        deliveries: 0,
-                        first_delivered_at: None,
-                        last_delivered_at: None,
-                        last_reason: None,
-                        state: AttemptState::Waiting { visible_at },
-                    },
-                );
-                self.waiting.insert((visible_at, offset));
+                self.take_fresh_as_waiting(offset, visible_at);
             }
             Event::Skipped { offset } => {
                 if offset != self.next_fresh {
@@ -658,17 +636,9 @@ impl GroupPartition {
                 self.waiting.insert((visible_at, offset));
             }
             Event::DeadLettered { offset, .. } => {
-                let Some(a) = self.attempts.remove(&offset) else {
+                if self.remove_attempt(offset).is_none() {
                     return fail("offset is not pending");
-                };
-                match a.state {
-                    AttemptState::InFlight { lease_until, .. } => {
-                        self.leases.remove(&(lease_until, offset))
-                    }
-                    AttemptState::Waiting { visible_at } => {
-                        self.waiting.remove(&(visible_at, offset))
-                    }
-                };
+                }
                 self.counters.dead_lettered += 1;
                 self.settle(offset);
             }
@@ -676,15 +646,7 @@ impl GroupPartition {
                 let mut expired = 0;
                 let pending: Vec<u64> = self.attempts.range(..below).map(|(&o, _)| o).collect();
                 for o in pending {
-                    let a = self.attempts.remove(&o).unwrap();
-                    match a.state {
-                        AttemptState::InFlight { lease_until, .. } => {
-                            self.leases.remove(&(lease_until, o))
-                        }
-                        AttemptState::Waiting { visible_at } => {
-                            self.waiting.remove(&(visible_at, o))
-                        }
-                    };
+                    self.remove_attempt(o);
                     expired += 1;
                 }
                 if below > self.next_fresh {
@@ -778,6 +740,33 @@ impl GroupPartition {
             }
         }
         Ok(g)
+    }
+
+    /// Moves the next fresh offset into the waiting queue, never delivered yet.
+    fn take_fresh_as_waiting(&mut self, offset: u64, visible_at: Millis) {
+        debug_assert_eq!(offset, self.next_fresh);
+        self.next_fresh += 1;
+        let attempt = Attempt {
+            deliveries: 0,
+            first_delivered_at: None,
+            last_delivered_at: None,
+            last_reason: None,
+            state: AttemptState::Waiting { visible_at },
+        };
+        self.attempts.insert(offset, attempt);
+        self.waiting.insert((visible_at, offset));
+    }
+
+    /// Forgets an unsettled offset and its place in the lease or waiting index.
+    fn remove_attempt(&mut self, offset: u64) -> Option<Attempt> {
+        let a = self.attempts.remove(&offset)?;
+        match a.state {
+            AttemptState::InFlight { lease_until, .. } => {
+                self.leases.remove(&(lease_until, offset))
+            }
+            AttemptState::Waiting { visible_at } => self.waiting.remove(&(visible_at, offset)),
+        };
+        Some(a)
     }
 
     fn settle(&mut self, offset: u64) {
