@@ -108,6 +108,13 @@ pub struct DeadLetter {
     pub message: StoredMessage,
 }
 
+/// How a batch of receipts is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchMode {
+    AllOrNothing,
+    Each,
+}
+
 /// Which dead letters a resend or purge applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -1054,6 +1061,26 @@ impl Broker {
         .await
     }
 
+    /// Acknowledges each delivery on its own: valid receipts are applied together, in one
+    /// journal commit, and every receipt gets its own answer (`Ok(true)` acked now,
+    /// `Ok(false)` already settled, or why it was refused). For streams that coalesce
+    /// acks from many handlers, where one expired receipt must not hold up the others.
+    pub async fn ack_each(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        receipts: &[String],
+    ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
+        self.settle_batch(
+            topic_name,
+            group_name,
+            receipts,
+            BatchMode::Each,
+            |part, now, d| part.plan_ack(now, d.offset, d.delivery),
+        )
+        .await
+    }
+
     async fn settle(
         &self,
         topic_name: &str,
@@ -1065,43 +1092,94 @@ impl Broker {
             ReceiptData,
         ) -> Result<Settled, crate::group::SettleError>,
     ) -> Result<usize, BrokerError> {
+        let outcomes = self
+            .settle_batch(
+                topic_name,
+                group_name,
+                receipts,
+                BatchMode::AllOrNothing,
+                op,
+            )
+            .await?;
+        Ok(outcomes
+            .into_iter()
+            .filter(|o| matches!(o, Ok(true)))
+            .count())
+    }
+
+    /// Checks every receipt, then applies the acceptable ones in one journal commit.
+    /// `AllOrNothing` refuses the whole batch (changing nothing) at the first bad one.
+    async fn settle_batch(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        receipts: &[String],
+        mode: BatchMode,
+        op: impl Fn(
+            &mut GroupPartition,
+            Millis,
+            ReceiptData,
+        ) -> Result<Settled, crate::group::SettleError>,
+    ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
         let topic = self.topic(topic_name)?;
         validate_group_name(group_name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
-        let mut decoded = Vec::with_capacity(receipts.len());
-        for r in receipts {
-            decoded.push(self.inner.key.verify(&topic.name, group_name, r)?);
+        let verified: Vec<Result<ReceiptData, BrokerError>> = receipts
+            .iter()
+            .map(|r| {
+                self.inner
+                    .key
+                    .verify(&topic.name, group_name, r)
+                    .map_err(BrokerError::from)
+            })
+            .collect();
+        let first_bad =
+            |v: Vec<Result<ReceiptData, BrokerError>>| v.into_iter().find_map(Result::err);
+        if mode == BatchMode::AllOrNothing && verified.iter().any(Result::is_err) {
+            return Err(first_bad(verified).expect("one is bad"));
         }
         // A valid receipt was issued by a fetch, which created the group; an empty batch
         // must not create one either.
         let Some(group) = self.existing_group(&topic, group_name).await? else {
-            return Ok(0);
+            return Ok(verified.into_iter().map(|v| v.map(|_| false)).collect());
         };
         let mut g = group.lock().await;
         let now = self.now();
-        for d in &decoded {
-            if d.partition as usize >= g.parts.len() {
-                return Err(BrokerError::UnknownPartition {
-                    partition: d.partition,
-                });
-            }
-        }
-        // Validate every receipt first, so a bad one in the middle changes nothing.
-        for d in &decoded {
-            g.parts[d.partition as usize].check_settle(now, d.offset, d.delivery)?;
+        let checked: Vec<Result<ReceiptData, BrokerError>> = verified
+            .into_iter()
+            .map(|v| {
+                let d = v?;
+                let part =
+                    g.parts
+                        .get(d.partition as usize)
+                        .ok_or(BrokerError::UnknownPartition {
+                            partition: d.partition,
+                        })?;
+                part.check_settle(now, d.offset, d.delivery)?;
+                Ok(d)
+            })
+            .collect();
+        if mode == BatchMode::AllOrNothing && checked.iter().any(Result::is_err) {
+            return Err(first_bad(checked).expect("one is bad"));
         }
         let mut events = Vec::new();
-        for d in &decoded {
-            if let Settled::Changed(e) = op(&mut g.parts[d.partition as usize], now, *d)? {
-                events.push((d.partition, e));
-            }
+        let mut outcomes = Vec::with_capacity(checked.len());
+        for c in checked {
+            outcomes.push(
+                c.and_then(|d| match op(&mut g.parts[d.partition as usize], now, d)? {
+                    Settled::Changed(e) => {
+                        events.push((d.partition, e));
+                        Ok(true)
+                    }
+                    Settled::AlreadySettled => Ok(false),
+                }),
+            );
         }
-        let changed = events.len();
         let ticket = self.stage(&topic, &mut g, events).await?;
         drop(g);
         if let Some(ticket) = ticket {
             self.durable(&topic, Ok(ticket)).await?;
         }
-        Ok(changed)
+        Ok(outcomes)
     }
 
     /// The group's live dead letters, oldest first.

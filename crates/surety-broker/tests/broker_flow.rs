@@ -537,3 +537,40 @@ async fn requests_that_only_read_or_settle_never_create_a_group() {
     assert_eq!(b.purge("t", "ghost", &Selection::All).await.unwrap(), 0);
     assert!(b.describe("t").await.unwrap().groups.is_empty());
 }
+
+#[tokio::test]
+async fn ack_each_answers_every_receipt_and_applies_the_good_ones() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic("t", &TopicConfigPatch::default())
+        .await
+        .unwrap();
+    b.publish("t", vec![msg("a"), msg("b")]).await.unwrap();
+    let short = b
+        .fetch("t", "g", 1, NO_WAIT, Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let long = b
+        .fetch("t", "g", 1, NO_WAIT, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    env.advance(2_000);
+    let receipts = vec![
+        short[0].receipt.clone(),
+        "forged".to_string(),
+        long[0].receipt.clone(),
+        long[0].receipt.clone(),
+    ];
+    let out = b.ack_each("t", "g", &receipts).await.unwrap();
+    assert_eq!(out[0].as_ref().unwrap_err().code(), "lease_expired");
+    assert_eq!(out[1].as_ref().unwrap_err().code(), "receipt_invalid");
+    assert!(matches!(out[2], Ok(true)));
+    assert!(
+        matches!(out[3], Ok(false)),
+        "a repeat in the same batch is already settled"
+    );
+    // The same batch all-or-nothing is refused whole.
+    assert!(b.ack("t", "g", &receipts).await.is_err());
+    let g = &b.describe("t").await.unwrap().groups[0];
+    assert_eq!(g.stats.acked, 1);
+}

@@ -325,10 +325,29 @@ impl Run<'_> {
                 Event::Response(Err(status)) => return self.broken(status.into(), made_progress),
                 // The outer task never panics: panics are caught inside it.
                 Event::Finished(Err(_)) => {}
-                Event::Finished(Ok((receipt, from_session, outcome, panicked))) => {
-                    self.settle(&tx, receipt, outcome, panicked);
-                    if from_session != session && !stopping {
-                        let _ = tx.send(request(In::Credit(proto::Credit { n: 1 })));
+                Event::Finished(Ok(first)) => {
+                    // Handlers that finished meanwhile are settled with it: their acks
+                    // travel in one request and one journal commit on the server.
+                    let mut done = vec![first];
+                    while let Some(next) = self.handlers.try_join_next() {
+                        done.extend(next.ok());
+                    }
+                    let mut acks = Vec::new();
+                    let mut credits = 0;
+                    for (receipt, from_session, outcome, panicked) in done {
+                        if from_session != session && !stopping {
+                            credits += 1;
+                        }
+                        match outcome {
+                            Outcome::Ack => acks.push(receipt),
+                            nack => self.settle(&tx, vec![receipt], nack, panicked),
+                        }
+                    }
+                    if !acks.is_empty() {
+                        self.settle(&tx, acks, Outcome::Ack, false);
+                    }
+                    if credits > 0 {
+                        let _ = tx.send(request(In::Credit(proto::Credit { n: credits })));
                     }
                 }
             }
@@ -375,16 +394,15 @@ impl Run<'_> {
     fn settle(
         &mut self,
         tx: &mpsc::UnboundedSender<proto::ConsumeRequest>,
-        receipt: String,
+        receipts: Vec<String>,
         outcome: Outcome,
         panicked: bool,
     ) {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let receipts = vec![receipt];
         let kind = match outcome {
             Outcome::Ack => {
-                self.stats.acked += 1;
+                self.stats.acked += receipts.len() as u64;
                 In::Ack(proto::Ack {
                     request_id,
                     receipts,

@@ -20,10 +20,15 @@ fn req(kind: In) -> ConsumeRequest {
 }
 
 /// Responses that arrive within `quiet` of each other.
+/// Collects what the server sends until `quiet` passes without a message. The first
+/// message may take longer (up to 20 s): on a loaded CI machine a fetch's journal fsync
+/// alone can exceed `quiet`, and every caller expects at least one message.
 async fn drain_for(stream: &mut tonic::Streaming<ConsumeResponse>, quiet: Duration) -> Vec<Out> {
     let mut out = Vec::new();
-    while let Ok(Ok(Some(r))) = tokio::time::timeout(quiet, stream.message()).await {
+    let mut wait = Duration::from_secs(20);
+    while let Ok(Ok(Some(r))) = tokio::time::timeout(wait, stream.message()).await {
         out.extend(r.kind);
+        wait = quiet;
     }
     out
 }

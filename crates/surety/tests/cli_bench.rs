@@ -96,7 +96,7 @@ fn bench_broker_json() {
             "bench",
             "broker",
             "--seconds",
-            "0.3",
+            "1",
             "--producers",
             "1",
             "--consumers",

@@ -170,7 +170,19 @@ impl Session {
     ) -> proto::ConsumeResponse {
         let (b, t, g) = (&self.broker, &self.topic, &self.group);
         let result = match &op {
-            Settle::Ack => b.ack(t, g, receipts).await,
+            // On a stream each receipt stands alone: one expired lease must not refuse the
+            // acks that came with it. The request fails only if none was acceptable.
+            Settle::Ack => b.ack_each(t, g, receipts).await.and_then(|outcomes| {
+                let acked = outcomes.iter().filter(|o| matches!(o, Ok(true))).count();
+                if !outcomes.is_empty() && outcomes.iter().all(Result::is_err) {
+                    Err(outcomes
+                        .into_iter()
+                        .find_map(Result::err)
+                        .expect("all are errors"))
+                } else {
+                    Ok(acked)
+                }
+            }),
             Settle::Nack { delay, reason } => b.nack(t, g, receipts, *delay, reason).await,
         };
         // Accepted or refused, these deliveries are no longer the client's to work on
