@@ -209,15 +209,7 @@ pub fn run(args: BrokerArgs) -> Result<()> {
     // hide the growth.
     let memory = measure_memory(args.inflight)?;
 
-    let workspace = BenchDir::create(args.dir.as_deref())?;
-    let machine = MachineInfo::collect(workspace.path());
-    if machine.is_memory_fs() {
-        eprintln!(
-            "warning: {} is on {}, where fdatasync does not reach a disk; pass --dir on a real disk",
-            workspace.base.display(),
-            machine.filesystem
-        );
-    }
+    let (workspace, machine) = BenchDir::create_described(args.dir.as_deref())?;
     let provenance = Provenance::current();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(runtime_workers())

@@ -227,15 +227,7 @@ pub fn run(args: LogArgs) -> Result<()> {
         seconds: slice,
     };
 
-    let workspace = BenchDir::create(args.dir.as_deref())?;
-    let machine = MachineInfo::collect(workspace.path());
-    if machine.is_memory_fs() {
-        eprintln!(
-            "warning: {} is on {}, where fdatasync does not reach a disk; pass --dir on a real disk",
-            workspace.base.display(),
-            machine.filesystem
-        );
-    }
+    let (workspace, machine) = BenchDir::create_described(args.dir.as_deref())?;
     let provenance = Provenance::current();
     let subjects: Vec<Subject> = [Subject::Raw(RAW_BATCH_RECORDS), Subject::Raw(1)]
         .into_iter()

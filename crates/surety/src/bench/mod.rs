@@ -165,6 +165,21 @@ impl Output<'_> {
 }
 
 impl BenchDir {
+    /// Creates the benchmark directory and describes the machine it is on, warning when
+    /// it is on a memory file system (where fdatasync does not reach a disk).
+    fn create_described(base: Option<&Path>) -> Result<(Self, report::MachineInfo)> {
+        let dir = Self::create(base)?;
+        let machine = report::MachineInfo::collect(dir.path());
+        if machine.is_memory_fs() {
+            eprintln!(
+                "warning: {} is on {}, where fdatasync does not reach a disk; pass --dir on a real disk",
+                dir.base.display(),
+                machine.filesystem
+            );
+        }
+        Ok((dir, machine))
+    }
+
     fn create(base: Option<&Path>) -> Result<Self> {
         let base = base.unwrap_or(Path::new(DEFAULT_BASE)).to_path_buf();
         let created_base = !base.exists();
