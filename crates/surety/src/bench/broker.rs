@@ -22,7 +22,7 @@ use super::progress::Progress;
 use super::report::{MachineInfo, Provenance};
 use super::table::{Align, Table};
 use super::{
-    BenchDir, MEASURING, Output, Ratio, STOPPING, WARMING, Window, base_dir_display, fmt_secs,
+    BenchDir, MEASURING, OutputArgs, Ratio, STOPPING, WARMING, Window, base_dir_display, fmt_secs,
     fmt_us, group_thousands, latency_histogram, measure_log, nanos, parse_positive, parse_seconds,
     payload, ratio, ratios_table, runtime_workers, tick_until,
 };
@@ -108,17 +108,8 @@ pub struct BrokerArgs {
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = parse_positive)]
     inflight: usize,
 
-    /// Markdown file whose `bench:broker` section is replaced (created if missing)
-    #[arg(long, value_name = "PATH", default_value = "BENCHMARKS.md")]
-    output: PathBuf,
-
-    /// Do not write the Markdown file
-    #[arg(long)]
-    no_write: bool,
-
-    /// Print the results as JSON on stdout instead of the tables
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// Everything one run produced; this is also the `--json` output.
@@ -292,13 +283,8 @@ pub fn run(args: BrokerArgs) -> Result<()> {
         memory,
     };
 
-    Output {
-        json: args.json,
-        no_write: args.no_write,
-        file: &args.output,
-        section: SECTION,
-    }
-    .emit(&result, text_report, markdown_report)
+    args.out
+        .emit(SECTION, &result, text_report, markdown_report)
 }
 
 impl Row {

@@ -16,7 +16,7 @@ use super::progress::Progress;
 use super::report::{MachineInfo, Provenance};
 use super::table::{Align, Table};
 use super::{
-    BenchDir, Measurement, Output, Ratio, Window, base_dir_display, fmt_secs, fmt_us,
+    BenchDir, Measurement, OutputArgs, Ratio, Window, base_dir_display, fmt_secs, fmt_us,
     group_thousands, latency_histogram, measure_log, nanos, parse_positive, parse_seconds, payload,
     ratio, runtime_workers,
 };
@@ -91,17 +91,8 @@ pub struct LogArgs {
     )]
     appenders: Vec<usize>,
 
-    /// Markdown file whose `bench:log` section is replaced (created if missing)
-    #[arg(long, value_name = "PATH", default_value = "BENCHMARKS.md")]
-    output: PathBuf,
-
-    /// Do not write the Markdown file
-    #[arg(long)]
-    no_write: bool,
-
-    /// Print the results as JSON on stdout instead of the table
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// Everything one run produced; this is also the `--json` output.
@@ -282,13 +273,8 @@ pub fn run(args: LogArgs) -> Result<()> {
         ratios,
     };
 
-    Output {
-        json: args.json,
-        no_write: args.no_write,
-        file: &args.output,
-        section: SECTION,
-    }
-    .emit(&result, text_report, markdown_report)
+    args.out
+        .emit(SECTION, &result, text_report, markdown_report)
 }
 
 /// Measures every subject for `rounds` slices of `window`, taking turns: a disk whose

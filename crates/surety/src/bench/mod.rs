@@ -131,17 +131,26 @@ fn base_dir_display(dir: Option<&Path>) -> String {
 }
 
 /// Where a benchmark's figures go: stdout as text or JSON, and its own section of
-/// BENCHMARKS.md unless `--no-write`.
-struct Output<'a> {
-    json: bool,
+/// BENCHMARKS.md unless `--no-write`. Shared by every `surety bench` command.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Markdown file whose section for this benchmark is replaced (created if missing)
+    #[arg(long, value_name = "PATH", default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+
+    /// Do not write the Markdown file
+    #[arg(long)]
     no_write: bool,
-    file: &'a Path,
-    section: &'a str,
+
+    /// Print the results as JSON on stdout instead of the tables
+    #[arg(long)]
+    json: bool,
 }
 
-impl Output<'_> {
+impl OutputArgs {
     fn emit<T: Serialize>(
         &self,
+        section: &str,
         result: &T,
         text: impl FnOnce(&T) -> String,
         markdown: impl FnOnce(&T) -> String,
@@ -152,12 +161,11 @@ impl Output<'_> {
             print!("{}", text(result));
         }
         if !self.no_write {
-            report::write_section(self.file, self.section, &markdown(result))
-                .with_context(|| format!("writing {}", self.file.display()))?;
+            report::write_section(&self.output, section, &markdown(result))
+                .with_context(|| format!("writing {}", self.output.display()))?;
             eprintln!(
-                "Updated the bench:{} section of {}",
-                self.section,
-                self.file.display()
+                "Updated the bench:{section} section of {}",
+                self.output.display()
             );
         }
         Ok(())

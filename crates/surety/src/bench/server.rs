@@ -22,7 +22,7 @@ use super::progress::Progress;
 use super::report::{MachineInfo, Provenance};
 use super::table::{Align, Table};
 use super::{
-    BenchDir, MEASURING, Output, STOPPING, WARMING, Window, base_dir_display, fmt_secs, fmt_us,
+    BenchDir, MEASURING, OutputArgs, STOPPING, WARMING, Window, base_dir_display, fmt_secs, fmt_us,
     group_thousands, latency_histogram, measure_log, nanos, parse_positive, parse_seconds, payload,
     ratio, runtime_workers, tick_until,
 };
@@ -133,17 +133,8 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MSGS", default_value_t = 10_000, value_parser = parse_positive)]
     rate: usize,
 
-    /// Markdown file whose `bench:server` section is replaced (created if missing)
-    #[arg(long, value_name = "PATH", default_value = "BENCHMARKS.md")]
-    output: PathBuf,
-
-    /// Do not write the Markdown file
-    #[arg(long)]
-    no_write: bool,
-
-    /// Print the results as JSON on stdout instead of the tables
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 /// Everything one run produced; this is also the `--json` output.
@@ -347,13 +338,8 @@ pub fn run(args: ServerArgs) -> Result<()> {
         targets,
     };
 
-    Output {
-        json: args.json,
-        no_write: args.no_write,
-        file: &args.output,
-        section: SECTION,
-    }
-    .emit(&result, text_report, markdown_report)
+    args.out
+        .emit(SECTION, &result, text_report, markdown_report)
 }
 
 impl Row {
