@@ -4,7 +4,7 @@
 //! them before returning. Transport failures reconnect; receipts stay valid across
 //! connections, so handlers that outlive a connection are still acked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,6 +122,9 @@ enum Outcome {
 /// A finished handler: its receipt, the session it was delivered on, and the verdict.
 type Finished = (String, u64, Outcome, bool);
 
+/// A handler's task returns its error text; a panic surfaces as the task's `JoinError`.
+type HandlerResult = Result<(), String>;
+
 impl ConsumerBuilder {
     /// Handlers running at once (at least 1; default 32).
     pub fn max_in_flight(mut self, n: u32) -> Self {
@@ -171,6 +174,7 @@ impl ConsumerBuilder {
         let mut run = Run {
             cfg: &self,
             handlers: JoinSet::new(),
+            running: HashMap::new(),
             unanswered: BTreeMap::new(),
             next_request_id: 1,
             stats: ConsumerStats::default(),
@@ -213,7 +217,7 @@ impl ConsumerBuilder {
 enum Event {
     Stop,
     Response(Result<Option<proto::ConsumeResponse>, tonic::Status>),
-    Finished(Result<Finished, tokio::task::JoinError>),
+    Finished(Result<(tokio::task::Id, HandlerResult), tokio::task::JoinError>),
 }
 
 enum Ended {
@@ -228,7 +232,10 @@ enum Ended {
 /// State that outlives one connection.
 struct Run<'a> {
     cfg: &'a ConsumerBuilder,
-    handlers: JoinSet<Finished>,
+    /// One task per running handler, so a panic is caught as that task's `JoinError`.
+    handlers: JoinSet<HandlerResult>,
+    /// The receipt and session of each running handler task.
+    running: HashMap<tokio::task::Id, (String, u64)>,
     /// Acks and nacks sent and not answered yet; sent again after a reconnect (a repeated
     /// ack is harmless, a repeated nack is refused as stale).
     unanswered: BTreeMap<u64, proto::ConsumeRequest>,
@@ -294,7 +301,7 @@ impl Run<'_> {
             let event = tokio::select! {
                 _ = self.stop.wait_for(|s| *s), if !stopping => Event::Stop,
                 r = responses.message() => Event::Response(r),
-                Some(f) = self.handlers.join_next(), if !self.handlers.is_empty() => Event::Finished(f),
+                Some(f) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => Event::Finished(f),
             };
             match event {
                 Event::Stop => {
@@ -304,7 +311,11 @@ impl Run<'_> {
                 Event::Response(Ok(Some(proto::ConsumeResponse { kind: Some(kind) }))) => {
                     made_progress = true;
                     match kind {
-                        Out::Delivery(d) => self.spawn_handler(session, handler, d.into()),
+                        Out::Deliveries(batch) => {
+                            for d in batch.deliveries {
+                                self.spawn_handler(session, handler, d.into());
+                            }
+                        }
                         Out::AckResult(proto::AckResult { request_id, .. })
                         | Out::NackResult(proto::NackResult { request_id, .. }) => {
                             self.unanswered.remove(&request_id);
@@ -323,14 +334,12 @@ impl Run<'_> {
                     return self.broken(status.into(), made_progress);
                 }
                 Event::Response(Err(status)) => return self.broken(status.into(), made_progress),
-                // The outer task never panics: panics are caught inside it.
-                Event::Finished(Err(_)) => {}
-                Event::Finished(Ok(first)) => {
+                Event::Finished(first) => {
                     // Handlers that finished meanwhile are settled with it: their acks
                     // travel in one request and one journal commit on the server.
-                    let mut done = vec![first];
-                    while let Some(next) = self.handlers.try_join_next() {
-                        done.extend(next.ok());
+                    let mut done = vec![self.finished(first)];
+                    while let Some(next) = self.handlers.try_join_next_with_id() {
+                        done.push(self.finished(next));
                     }
                     let mut acks = Vec::new();
                     let mut credits = 0;
@@ -375,20 +384,35 @@ impl Run<'_> {
         self.stats.delivered += 1;
         let receipt = delivery.receipt.clone();
         let handler = handler.clone();
-        self.handlers.spawn(async move {
-            let run =
-                tokio::spawn(async move { handler(delivery).await.map_err(|e| e.to_string()) });
-            let (outcome, panicked) = match run.await {
-                Ok(Ok(())) => (Outcome::Ack, false),
-                Ok(Err(reason)) => (Outcome::Nack(reason), false),
-                Err(e) if e.is_panic() => {
+        let task = self
+            .handlers
+            .spawn(async move { handler(delivery).await.map_err(|e| e.to_string()) });
+        self.running.insert(task.id(), (receipt, session));
+    }
+
+    /// The verdict of a handler task that ended.
+    fn finished(
+        &mut self,
+        joined: Result<(tokio::task::Id, HandlerResult), tokio::task::JoinError>,
+    ) -> Finished {
+        let (id, outcome, panicked) = match joined {
+            Ok((id, Ok(()))) => (id, Outcome::Ack, false),
+            Ok((id, Err(reason))) => (id, Outcome::Nack(reason), false),
+            Err(e) => {
+                let id = e.id();
+                if e.is_panic() {
                     let reason = format!("handler panicked: {}", panic_text(e.into_panic()));
-                    (Outcome::Nack(reason), true)
+                    (id, Outcome::Nack(reason), true)
+                } else {
+                    (id, Outcome::Nack(format!("handler cancelled: {e}")), false)
                 }
-                Err(e) => (Outcome::Nack(format!("handler cancelled: {e}")), false),
-            };
-            (receipt, session, outcome, panicked)
-        });
+            }
+        };
+        let (receipt, session) = self
+            .running
+            .remove(&id)
+            .expect("every handler task is registered when spawned");
+        (receipt, session, outcome, panicked)
     }
 
     fn settle(

@@ -161,6 +161,20 @@ impl Producer {
         Batch { messages }
     }
 
+    /// Stamps messages with this producer's id and sequences the caller chose, for a
+    /// producer whose messages already carry a stable number (an outbox row id, say):
+    /// re-sending the same message with the same sequence is stored once, even from
+    /// another process. Sequences must be unique per producer id; they need not be
+    /// contiguous or in order, but the server checks only a window of the most recent
+    /// ones (`sequence_too_old` below it). Does not move [`Producer::next_sequence`].
+    pub fn prepare_sequenced(&self, messages: impl IntoIterator<Item = (Message, u64)>) -> Batch {
+        let messages = messages
+            .into_iter()
+            .map(|(m, seq)| m.into_proto(&self.producer_id, seq))
+            .collect();
+        Batch { messages }
+    }
+
     /// Sends a batch, retrying transient failures with backoff until the retry deadline.
     pub async fn send(&self, topic: &str, batch: &Batch) -> Result<Vec<Published>, PublishError> {
         let started = Instant::now();

@@ -35,9 +35,9 @@ async fn drain_for(stream: &mut tonic::Streaming<ConsumeResponse>, quiet: Durati
 
 fn receipts(out: &[Out]) -> Vec<String> {
     out.iter()
-        .filter_map(|k| match k {
-            Out::Delivery(d) => Some(d.receipt.clone()),
-            _ => None,
+        .flat_map(|k| match k {
+            Out::Deliveries(b) => b.deliveries.iter().map(|d| d.receipt.clone()).collect(),
+            _ => Vec::new(),
         })
         .collect()
 }

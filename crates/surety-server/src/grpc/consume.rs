@@ -31,6 +31,8 @@ const FETCH_WAIT: Duration = Duration::from_millis(500);
 const MAX_WINDOW: usize = 10_000;
 /// Acks and nacks of one stream applied at the same time (they share group commits).
 const MAX_CONCURRENT_SETTLES: usize = 64;
+/// A fetch's deliveries are split into responses of about this many bytes.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// Responses buffered towards a slow reader before the session waits for it.
 const OUTBOUND_BUFFER: usize = 64;
 
@@ -240,16 +242,37 @@ impl Session {
                 }
             };
             self.credits.add_permits(n - deliveries.len());
-            let mut deliveries = deliveries.into_iter();
-            while let Some(d) = deliveries.next() {
-                let receipt = d.receipt.clone();
-                // Recorded before it is sent, so its ack always finds it.
-                self.outstanding.lock().unwrap().insert(receipt.clone());
-                let out = Out::Delivery(convert::delivery(d));
+            if deliveries.is_empty() {
+                continue;
+            }
+            // Recorded before they are sent, so their acks always find them.
+            self.outstanding
+                .lock()
+                .unwrap()
+                .extend(deliveries.iter().map(|d| d.receipt.clone()));
+            // One response per fetch (split when large): a response per delivery would
+            // cost a channel send, an HTTP/2 frame and a client wake-up each.
+            let mut deliveries = deliveries.into_iter().peekable();
+            while deliveries.peek().is_some() {
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                while bytes < MAX_RESPONSE_BYTES {
+                    let Some(d) = deliveries.next() else { break };
+                    bytes += d.message.payload.len() + d.receipt.len();
+                    batch.push(convert::delivery(d));
+                }
+                let out = Out::Deliveries(proto::Deliveries { deliveries: batch });
                 let sent = self.tx.send(Ok(proto::ConsumeResponse { kind: Some(out) }));
-                if sent.await.is_err() {
-                    let unsent = std::iter::once(receipt).chain(deliveries.map(|d| d.receipt));
-                    self.release(unsent.collect()).await;
+                if let Err(unsent) = sent.await {
+                    let mut receipts = Vec::new();
+                    if let Ok(proto::ConsumeResponse {
+                        kind: Some(Out::Deliveries(b)),
+                    }) = unsent.0
+                    {
+                        receipts.extend(b.deliveries.into_iter().map(|d| d.receipt));
+                    }
+                    receipts.extend(deliveries.map(|d| d.receipt));
+                    self.release(receipts).await;
                     return;
                 }
             }
