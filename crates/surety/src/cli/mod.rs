@@ -6,6 +6,7 @@ mod dlq;
 mod error;
 mod groups;
 mod http;
+mod outbox;
 mod output;
 mod publish;
 mod topics;
@@ -54,6 +55,9 @@ pub enum Command {
     /// A group's dead-letter queue: list, show, resend, purge
     #[command(long_about = dlq::LONG_ABOUT)]
     Dlq(dlq::DlqArgs),
+    /// The transactional outbox of a Postgres or SQLite database: migrate, relay
+    #[command(long_about = outbox::LONG_ABOUT)]
+    Outbox(outbox::OutboxArgs),
 }
 
 /// Runs one client command and exits: 0, or 1 after one `error:` line (2 for usage
@@ -63,6 +67,9 @@ pub fn run(command: Command) -> ! {
 }
 
 fn run_to_code(command: Command) -> i32 {
+    if let Command::Outbox(args) = command {
+        return outbox::run(args);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,6 +87,7 @@ fn run_to_code(command: Command) -> i32 {
             Command::Topics(args) => topics::run(args).await,
             Command::Groups(args) => groups::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
+            Command::Outbox(_) => unreachable!("handled above"),
         }
     });
     match outcome {

@@ -1,0 +1,221 @@
+//! `surety outbox migrate` and `surety outbox relay`: the transactional outbox of an
+//! application's Postgres or SQLite database (docs/outbox.md).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use surety_client::{Client, RetryPolicy};
+use surety_outbox::{Database, Relay, RelayConfig};
+use tracing_subscriber::EnvFilter;
+
+pub const LONG_ABOUT: &str = "\
+The transactional outbox: an application writes its messages into the table
+surety_outbox in the same database transaction as its business data; the relay
+publishes each committed row to Surety exactly once (docs/outbox.md).
+
+  surety outbox migrate --database-url postgres://app@127.0.0.1/shop
+  surety outbox relay   --database-url postgres://app@127.0.0.1/shop --server http://127.0.0.1:7333
+
+Then, from any language, inside the application's transaction:
+  INSERT INTO surety_outbox (topic, key, payload) VALUES ('orders', 'order-42', 'created');";
+
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    #[command(subcommand)]
+    command: OutboxCommand,
+}
+
+#[derive(Debug, Args)]
+struct DatabaseArg {
+    /// The application's database: postgres://USER@HOST/DB or sqlite:PATH
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Create the outbox and inbox tables (idempotent: safe on every deploy)
+    #[command(long_about = MIGRATE_ABOUT)]
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+    /// Publish committed outbox rows to a Surety server until SIGTERM or SIGINT
+    #[command(long_about = RELAY_ABOUT)]
+    Relay(RelayArgs),
+}
+
+const MIGRATE_ABOUT: &str = "\
+Create surety_outbox, surety_outbox_relay and surety_inbox (and on Postgres the trigger
+that wakes the relay) if they do not exist. Every statement is idempotent and no
+bookkeeping table is added, so it never clashes with the application's own migrations.
+
+Example:
+  surety outbox migrate --database-url sqlite:shop.db";
+
+const RELAY_ABOUT: &str = "\
+Publish committed outbox rows to Surety, each exactly once: a row's sequence is stored
+before it is published, so a relay killed after publishing and before marking the row
+sent publishes it again with the same sequence and the server answers 'duplicate'.
+
+Run as many relays as you like: one is active (Postgres: an advisory lock; SQLite: a
+lease), the others stand by and take over when it dies. Rows that the server refuses
+(unknown topic, too large) are marked dead at once with the reason; rows that fail to
+publish are retried with backoff and marked dead after --max-attempts. Dead rows stay
+in the table: SELECT id, topic, last_error FROM surety_outbox WHERE state = 'dead'.
+
+Example:
+  surety outbox relay --database-url postgres://app@127.0.0.1/shop --server http://127.0.0.1:7333";
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    #[command(flatten)]
+    db: DatabaseArg,
+
+    /// URL of the Surety server (gRPC)
+    #[arg(
+        long,
+        env = "SURETY_SERVER",
+        default_value = "http://127.0.0.1:7333",
+        value_name = "URL"
+    )]
+    server: String,
+
+    /// Bearer token, if the server requires one
+    #[arg(long, env = "SURETY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Rows claimed and published per round (1-5000)
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=5000))]
+    batch_size: u32,
+
+    /// Failed publish attempts before a row is marked dead
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+
+    /// How often to look for rows when idle (Postgres also wakes on NOTIFY at once)
+    #[arg(long, value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    poll_interval_ms: u64,
+
+    /// SQLite: lease of the active relay; a standby takes over after it runs out
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    lease_ms: u64,
+
+    /// Delete sent rows older than this many hours (0 keeps them)
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    keep_sent_hours: u64,
+}
+
+/// Why an outbox command failed; one line each.
+#[derive(Debug, thiserror::Error)]
+enum OutboxCliError {
+    #[error("{0}")]
+    Connect(#[from] surety_outbox::ConnectError),
+    #[error("{0}")]
+    Migrate(#[from] surety_outbox::MigrateError),
+    #[error(
+        "cannot reach the Surety server at {url}: is it running? (start it with: surety serve)"
+    )]
+    Server { url: String },
+    #[error("{0}")]
+    Client(surety_client::ConnectError),
+    #[error("{0}")]
+    Relay(#[from] surety_outbox::RelayError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs an outbox command; returns the exit code (0, or 1 after one `error:` line).
+pub fn run(args: OutboxArgs) -> i32 {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(OutboxCliError::Runtime)
+        .and_then(|rt| {
+            rt.block_on(async {
+                match args.command {
+                    OutboxCommand::Migrate { db } => migrate(db).await,
+                    OutboxCommand::Relay(args) => relay(args).await,
+                }
+            })
+        });
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+async fn migrate(db: DatabaseArg) -> Result<(), OutboxCliError> {
+    let database = Database::connect(&db.database_url).await?;
+    surety_outbox::migrate(&database).await?;
+    database.close().await;
+    println!("outbox tables ready");
+    Ok(())
+}
+
+async fn relay(args: RelayArgs) -> Result<(), OutboxCliError> {
+    let database = Database::connect(&args.db.database_url).await?;
+    let client = Client::connect(&args.server, args.token.as_deref())
+        .await
+        .map_err(|e| match e {
+            surety_client::ConnectError::Connect { url, .. } => OutboxCliError::Server { url },
+            other => OutboxCliError::Client(other),
+        })?;
+    let config = RelayConfig {
+        batch_size: args.batch_size as usize,
+        max_attempts: args.max_attempts,
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        lease: Duration::from_millis(args.lease_ms),
+        sent_retention: (args.keep_sent_hours > 0)
+            .then(|| Duration::from_secs(args.keep_sent_hours * 3600)),
+        publish_retry: RetryPolicy {
+            deadline: Duration::from_secs(10),
+            ..RetryPolicy::default()
+        },
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(database.clone(), client, config);
+    let stop = relay.stop_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.stop();
+    });
+    eprintln!("outbox relay: publishing to {}", args.server);
+    let stats = relay.run().await?;
+    database.close().await;
+    eprintln!(
+        "outbox relay stopped: {} published ({} duplicate hits), {} failed attempts, {} dead",
+        stats.published, stats.duplicates, stats.failures, stats.dead
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
