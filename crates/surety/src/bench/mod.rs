@@ -3,6 +3,7 @@
 
 mod broker;
 mod log;
+mod outbox;
 mod progress;
 mod report;
 mod server;
@@ -46,6 +47,10 @@ enum Which {
     /// and publish-ack latency at a fixed rate, next to the log's own append rate
     #[command(long_about = server::LONG_ABOUT, after_help = server::AFTER_HELP)]
     Server(server::ServerArgs),
+    /// The transactional outbox relay on Postgres: rows/s and latency from commit to
+    /// broker ack
+    #[command(long_about = outbox::LONG_ABOUT, after_help = outbox::AFTER_HELP)]
+    Outbox(outbox::OutboxArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -53,6 +58,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Log(args) => log::run(args),
         Which::Broker(args) => broker::run(args),
         Which::Server(args) => server::run(args),
+        Which::Outbox(args) => outbox::run(args),
     }
 }
 
