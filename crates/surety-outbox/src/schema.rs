@@ -33,6 +33,13 @@ const PG: &[(&str, &str)] = &[
         )"#,
     ),
     (
+        // The relay updates each row twice (claim, settle); with the payload stored out of
+        // line (TOAST) those updates copy a pointer instead of rewriting the payload.
+        "toast surety_outbox payloads",
+        "ALTER TABLE surety_outbox ALTER COLUMN payload SET STORAGE EXTERNAL,
+                                   SET (toast_tuple_target = 128)",
+    ),
+    (
         "create index surety_outbox_unclaimed",
         "CREATE INDEX IF NOT EXISTS surety_outbox_unclaimed ON surety_outbox (id)
          WHERE state = 'pending' AND relay_seq IS NULL",
