@@ -15,7 +15,7 @@
 //! `CI=true` without it, skips otherwise.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +35,14 @@ const SIGKILL: i32 = libc::SIGKILL;
 const SIGTERM: i32 = libc::SIGTERM;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// (state, wait_event_type, wait_event, query) of a Postgres backend, for failure messages.
+type Backend = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// splitmix64: enough randomness for a test, and no extra dependency.
 struct Rng(u64);
@@ -104,7 +112,9 @@ impl Drop for Serve {
     }
 }
 
-fn relay(db_url: &str, server: &str, batch: u64) -> Child {
+/// Starts a relay whose log goes to `log` (read back when the test fails).
+fn relay(db_url: &str, server: &str, batch: u64, log: &Path) -> Child {
+    let batch = batch.to_string();
     Command::new(env!("CARGO_BIN_EXE_surety"))
         .args([
             "outbox",
@@ -114,18 +124,33 @@ fn relay(db_url: &str, server: &str, batch: u64) -> Child {
             "--server",
             server,
         ])
-        .args([
-            "--poll-interval-ms",
-            "20",
-            "--batch-size",
-            &batch.to_string(),
-        ])
-        .env("RUST_LOG", "warn")
+        .args(["--poll-interval-ms", "20", "--batch-size", &batch])
+        .env("RUST_LOG", "info,sqlx=warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// Every relay log of the run, for a failure message.
+fn logs(dir: &Path) -> String {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| {
+            format!(
+                "--- {}\n{}",
+                p.display(),
+                std::fs::read_to_string(p).unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -246,9 +271,10 @@ async fn run() {
 
     for cycle in 0..cycles {
         let batch = rng.range(1, 60);
-        let mut children = vec![relay(&db_url, &serve.url, batch)];
+        let log = |n: usize| data.path().join(format!("relay-{cycle:03}-{n}.log"));
+        let mut children = vec![relay(&db_url, &serve.url, batch, &log(0))];
         if rng.range(0, 3) == 0 {
-            children.push(relay(&db_url, &serve.url, batch));
+            children.push(relay(&db_url, &serve.url, batch, &log(1)));
         }
         let life = Duration::from_millis(rng.range(150, 1200));
         tokio::time::sleep(life).await;
@@ -274,7 +300,8 @@ async fn run() {
     let total = committed.load(Ordering::Relaxed);
 
     // A last relay drains everything, then stops gracefully.
-    let mut last = relay(&db_url, &serve.url, 500);
+    let last_log = data.path().join("relay-last.log");
+    let mut last = relay(&db_url, &serve.url, 500, &last_log);
     let started = Instant::now();
     loop {
         let pending: i64 =
@@ -285,17 +312,26 @@ async fn run() {
         if pending == 0 {
             break;
         }
-        assert!(started.elapsed() < DRAIN_TIMEOUT, "{pending} rows not sent");
+        if started.elapsed() > DRAIN_TIMEOUT {
+            let activity: Vec<Backend> = sqlx::query_as(
+                "SELECT state, wait_event_type, wait_event, left(query, 120)
+                     FROM pg_stat_activity WHERE datname = 'test'",
+            )
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+            panic!(
+                "{pending} rows not sent; backends: {activity:#?}
+relay logs:
+{}",
+                logs(data.path())
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     signal(&last, SIGTERM);
     let status = last.wait().unwrap();
-    let mut stderr = String::new();
-    last.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = std::fs::read_to_string(&last_log).unwrap();
     assert!(status.success(), "last relay: {status:?}\n{stderr}");
     eprintln!("last relay: {}", stderr.trim());
 
