@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::client::Client;
+use crate::gap::GapDetector;
 use crate::message::Delivery;
 use crate::proto::{self, consume_request::Kind as In, consume_response::Kind as Out};
 use crate::retry::RetryPolicy;
@@ -96,6 +97,7 @@ impl Consumer {
                 ..RetryPolicy::default()
             },
             stop: StopHandle::new(),
+            gaps: None,
         }
     }
 }
@@ -111,6 +113,7 @@ pub struct ConsumerBuilder {
     nack_delay: Duration,
     reconnect: RetryPolicy,
     stop: StopHandle,
+    gaps: Option<Arc<Mutex<GapDetector>>>,
 }
 
 /// A handler's verdict on one delivery.
@@ -154,6 +157,17 @@ impl ConsumerBuilder {
     /// Uses `stop` to stop this consumer (instead of its own handle).
     pub fn stop_with(mut self, stop: StopHandle) -> Self {
         self.stop = stop;
+        self
+    }
+
+    /// Feeds every delivery that carries `producer_id` + `sequence` to `detector` as it
+    /// arrives, before its handler runs, so lost messages show up as gaps (G4) and in the
+    /// `surety_client_*` gap metrics. A redelivery (after a nack, an expired lease or a
+    /// restart) counts as a duplicate there: at-least-once delivery repeats messages, it
+    /// must never skip one. Share one detector among the consumers of a group, as
+    /// each sees only part of the stream.
+    pub fn detect_gaps(mut self, detector: Arc<Mutex<GapDetector>>) -> Self {
+        self.gaps = Some(detector);
         self
     }
 
@@ -382,6 +396,13 @@ impl Run<'_> {
         E: std::fmt::Display + Send + 'static,
     {
         self.stats.delivered += 1;
+        if let (Some(gaps), Some(producer), Some(sequence)) =
+            (&self.cfg.gaps, &delivery.producer_id, delivery.sequence)
+        {
+            gaps.lock()
+                .unwrap()
+                .observe(producer, delivery.partition, sequence);
+        }
         let receipt = delivery.receipt.clone();
         let handler = handler.clone();
         let task = self

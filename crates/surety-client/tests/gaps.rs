@@ -7,23 +7,15 @@ use std::sync::{Arc, Mutex};
 use common::{TestServer, eventually};
 use surety_client::{Consumer, Delivery, GapDetector, GapStats, Message, Producer};
 
-/// Consumes `topic` one message at a time (so observation order is delivery order) and
-/// returns what the detector saw.
+/// Consumes `topic` one message at a time (so observation order is delivery order)
+/// through a consumer that feeds its detector itself, and returns what it saw.
 async fn observe_all(server: &TestServer, topic: &str, expected: u64) -> (GapStats, GapDetector) {
     let detector = Arc::new(Mutex::new(GapDetector::starting_at(0)));
-    let consumer = Consumer::builder(server.client().await, topic, "audit").max_in_flight(1);
+    let consumer = Consumer::builder(server.client().await, topic, "audit")
+        .max_in_flight(1)
+        .detect_gaps(detector.clone());
     let stop = consumer.stop_handle();
-    let d = detector.clone();
-    let run = tokio::spawn(consumer.run(move |m: Delivery| {
-        let d = d.clone();
-        async move {
-            let producer = m.producer_id.expect("producer id");
-            d.lock()
-                .unwrap()
-                .observe(&producer, m.partition, m.sequence.expect("sequence"));
-            Ok::<_, String>(())
-        }
-    }));
+    let run = tokio::spawn(consumer.run(|_: Delivery| async { Ok::<_, String>(()) }));
     eventually("every message observed", || async {
         let s = detector.lock().unwrap().stats();
         s.in_order + s.gaps + s.reordered >= expected
@@ -73,4 +65,45 @@ async fn skipped_sequences_are_reported_as_a_gap() {
     let (stats, detector) = observe_all(&server, "t", 4).await;
     assert_eq!((stats.in_order, stats.gaps, stats.missing), (3, 1, 2));
     assert_eq!(detector.open_gaps("p1", 0), vec![3..5]);
+}
+
+#[tokio::test]
+async fn a_redelivery_is_a_duplicate_not_a_gap() {
+    let server = TestServer::start().await;
+    server.topic("t", 5).await;
+    let producer = Producer::new(server.client().await);
+    let batch = (0..3).map(|i| Message::new(format!("m{i}"))).collect();
+    producer.publish_batch("t", batch).await.unwrap();
+
+    let detector = Arc::new(Mutex::new(GapDetector::starting_at(0)));
+    let consumer = Consumer::builder(server.client().await, "t", "audit")
+        .max_in_flight(1)
+        .detect_gaps(detector.clone());
+    let stop = consumer.stop_handle();
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let h = handled.clone();
+    // The first delivery of sequence 1 fails once; its redelivery must not look like loss.
+    let run = tokio::spawn(consumer.run(move |d: Delivery| {
+        let h = h.clone();
+        async move {
+            h.lock().unwrap().push((d.sequence, d.delivery_count));
+            if d.sequence == Some(1) && d.delivery_count == 1 {
+                return Err("try again".to_owned());
+            }
+            Ok(())
+        }
+    }));
+    eventually("all three handled, one of them twice", || async {
+        handled.lock().unwrap().len() >= 4
+    })
+    .await;
+    stop.stop();
+    run.await.unwrap().unwrap();
+    let stats = detector.lock().unwrap().stats();
+    assert_eq!(
+        (stats.in_order, stats.gaps, stats.missing, stats.duplicates),
+        (3, 0, 0, 1),
+        "handled: {:?}",
+        handled.lock().unwrap()
+    );
 }

@@ -31,10 +31,6 @@ use super::{
 const PAYLOAD_BYTES: usize = 1024;
 /// The log baseline runs this many concurrent appenders (bench log's throughput row).
 const LOG_APPENDERS: usize = 256;
-/// Partitions of the benchmark topics.
-const PARTITIONS: u32 = 4;
-/// Handlers each consumer runs at once (its credit window on the server).
-const CONSUMER_WINDOW: u32 = 256;
 /// Open loop: publish calls in flight at most, over all producers; a send due beyond
 /// this is skipped (and the run counts as not kept up) rather than queued without end.
 const OPEN_MAX_IN_FLIGHT: usize = 10_000;
@@ -57,17 +53,19 @@ Measure a Surety server over gRPC with the Rust client, next to surety-log's own
 rate measured in the same run.
 
 Unless --server is given, starts `surety serve` (this binary) on 127.0.0.1 with a fresh data
-directory inside --dir, and stops it with SIGTERM at the end. Every topic is created with 4
-partitions and the default config (fsync durability: a publish is acked once on disk);
+directory inside --dir, and stops it with SIGTERM at the end. Every topic is created with
+--partitions partitions and the default config (fsync durability: a publish is acked once on disk);
 payloads are 1 KiB.
 
 1. The log alone: LogConfig::default() appended to by 256 tokio tasks in a closed loop, as
    in `surety bench log` (always in-process, on --dir).
 2. Closed loop: --producers producers (each with its own connection) publishing batches of
    --batch messages (publish, await the durable ack, publish again), and --consumers
-   client Consumers (window 256) whose handler records the end-to-end latency (the publish
-   instant travels in the payload's first 8 bytes) and returns Ok, after which the client
-   acks. Reports messages handled per second, the publish-ack latency per publish call and
+   client Consumers (each running up to --window handlers) whose handler records the
+   end-to-end latency (the publish instant travels in the payload's first 8 bytes) and
+   returns Ok, after which the client acks. At most --backlog messages are published and
+   not yet handled: producers wait for room, so publishing runs at the pace consumers
+   sustain and the end-to-end latency is that of a steady pipeline. Reports messages handled per second, the publish-ack latency per publish call and
    the end-to-end latency per message (publish start to handler run).
 3. Open loop: the producers publish single messages on a 1 ms timer at --rate messages per
    second in total, without waiting for acks; reports the publish-ack latency per message
@@ -125,6 +123,22 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_positive)]
     consumers: usize,
 
+    /// Partitions of the benchmark topics [default: 1, a topic's default]. On a small
+    /// machine more partitions mean more log writer threads and fsyncs sharing its cores
+    /// and disk
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive, hide_default_value = true)]
+    partitions: usize,
+
+    /// Handlers each consumer runs at once (its credit window on the server)
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = parse_positive)]
+    window: usize,
+
+    /// Closed loop: messages published and not yet handled, at most. Producers wait for
+    /// room, so the loop measures the rate the whole pipeline sustains; without a bound,
+    /// producers outrun consumers and the queue (and end-to-end latency) grows all run
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = parse_positive)]
+    backlog: usize,
+
     /// Messages per publish call in the closed loop
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = parse_positive)]
     batch: usize,
@@ -164,6 +178,7 @@ struct Settings {
     producers: usize,
     consumers: usize,
     consumer_window: u32,
+    backlog: usize,
     publish_batch: usize,
     offered_rate: usize,
     runtime_worker_threads: usize,
@@ -322,11 +337,12 @@ pub fn run(args: ServerArgs) -> Result<()> {
             server: args.server.clone().unwrap_or_else(|| "spawned".into()),
             log_appenders: LOG_APPENDERS,
             log_durability: format!("{:?}", log_config.durability),
-            partitions: PARTITIONS,
+            partitions: args.partitions as u32,
             topic_durability: format!("{:?}", surety_broker::TopicConfig::default().durability),
             producers: args.producers,
             consumers: args.consumers,
-            consumer_window: CONSUMER_WINDOW,
+            consumer_window: args.window as u32,
+            backlog: args.backlog.max(args.batch),
             publish_batch: args.batch,
             offered_rate: args.rate,
             runtime_worker_threads: runtime_workers(),
@@ -567,7 +583,7 @@ async fn measure_server(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let topic = format!("bench-server-{stamp}-{}", std::process::id());
-    let config = format!("{{\"partitions\":{PARTITIONS}}}");
+    let config = format!("{{\"partitions\":{}}}", args.partitions);
     admin.create_topic(&topic, &config).await?;
     let open_topic = format!("{topic}-open");
     admin.create_topic(&open_topic, &config).await?;
@@ -592,6 +608,8 @@ struct Closed {
     /// The publish instants in the payloads count from here.
     epoch: Instant,
     handled: AtomicU64,
+    /// Room in the backlog: taken by a publish, given back by each handler run.
+    backlog: tokio::sync::Semaphore,
     publish: Mutex<Histogram<u64>>,
     end_to_end: Mutex<Histogram<u64>>,
 }
@@ -609,6 +627,8 @@ async fn closed_loop(
         phase: AtomicU8::new(WARMING),
         epoch: Instant::now(),
         handled: AtomicU64::new(0),
+        // At least one batch, or no producer could ever publish.
+        backlog: tokio::sync::Semaphore::new(args.backlog.max(args.batch)),
         publish: Mutex::new(latency_histogram()),
         end_to_end: Mutex::new(latency_histogram()),
     });
@@ -625,7 +645,7 @@ async fn closed_loop(
             }
         };
         let consumer = Consumer::builder(client, topic, GROUP)
-            .max_in_flight(CONSUMER_WINDOW)
+            .max_in_flight(args.window as u32)
             .stop_with(stop.clone());
         consumers.spawn(consumer.run(handler));
     }
@@ -668,6 +688,7 @@ async fn closed_loop(
 impl Closed {
     /// A handler ran: count it and its end-to-end latency, inside the window.
     fn delivered(&self, payload: &[u8]) {
+        self.backlog.add_permits(1);
         if self.phase.load(Ordering::Acquire) != MEASURING {
             return;
         }
@@ -692,6 +713,12 @@ async fn closed_producer(
     batch: usize,
 ) -> Result<()> {
     while shared.phase.load(Ordering::Acquire) != STOPPING {
+        shared
+            .backlog
+            .acquire_many(batch as u32)
+            .await
+            .context("backlog closed")?
+            .forget();
         let started = Instant::now();
         let stamp = nanos(started - shared.epoch).to_le_bytes();
         let messages = (0..batch)
@@ -960,7 +987,8 @@ fn header(s: &Settings) -> String {
     format!(
         "{} s per stage after a {} s warm-up; {}-byte payloads; topics of {} partitions \
          (durability {}); closed loop: {} producers publishing {} messages per call, {} \
-         consumers with a window of {}; open loop: {} msgs/s offered by {} producers",
+         consumers with a window of {}, at most {} messages published and not yet handled; \
+         open loop: {} msgs/s offered by {} producers",
         fmt_secs(s.seconds),
         fmt_secs(s.warmup_seconds),
         s.payload_bytes,
@@ -970,6 +998,7 @@ fn header(s: &Settings) -> String {
         s.publish_batch,
         s.consumers,
         s.consumer_window,
+        group_thousands(s.backlog as f64),
         group_thousands(s.offered_rate as f64),
         s.producers,
     )
