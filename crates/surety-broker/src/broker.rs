@@ -624,7 +624,28 @@ impl Broker {
 
     /// Publishes messages; each answer comes only after its record is durable (fsync),
     /// or names the original when it is a duplicate.
+    ///
+    /// Cancel-safe: the work runs in its own task, so a caller that stops waiting (a
+    /// client gone, a timeout) cannot strand it between reserving its dedupe keys and
+    /// committing them. Stranded reservations would stay "in progress" for good and hang
+    /// every retry of those sequences; instead the publish completes (or fails) on its own
+    /// and a retry gets the usual answer.
     pub async fn publish(
+        &self,
+        topic_name: &str,
+        messages: Vec<PublishMessage>,
+    ) -> Result<Vec<PublishResult>, BrokerError> {
+        let (broker, topic_name) = (self.clone(), topic_name.to_owned());
+        let task =
+            tokio::spawn(async move { broker.publish_to_completion(&topic_name, messages).await });
+        match task.await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(BrokerError::ShuttingDown(format!("publish cancelled: {e}"))),
+        }
+    }
+
+    async fn publish_to_completion(
         &self,
         topic_name: &str,
         messages: Vec<PublishMessage>,

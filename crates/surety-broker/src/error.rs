@@ -35,6 +35,10 @@ pub enum BrokerError {
     /// The topic hit a storage failure earlier and refuses work until the broker restarts.
     #[error("topic {0:?} is stopped after a storage failure; restart the broker")]
     TopicFailed(String),
+    /// The runtime stopped the work midway (it is shutting down): the outcome is unknown,
+    /// and a retry with the same producer sequence or id settles it.
+    #[error("the broker is shutting down: {0}")]
+    ShuttingDown(String),
 }
 
 impl BrokerError {
@@ -54,6 +58,7 @@ impl BrokerError {
             BrokerError::Settle(_) => "not_delivered",
             BrokerError::Storage(_) => "storage_failure",
             BrokerError::TopicFailed(_) => "topic_failed",
+            BrokerError::ShuttingDown(_) => "shutting_down",
         }
     }
 }

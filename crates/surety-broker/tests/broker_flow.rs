@@ -574,3 +574,33 @@ async fn ack_each_answers_every_receipt_and_applies_the_good_ones() {
     let g = &b.describe("t").await.unwrap().groups[0];
     assert_eq!(g.stats.acked, 1);
 }
+
+/// A caller that stops waiting mid-publish (a client gone, a timeout) must not strand
+/// the publish between reserving its producer sequences and committing them: a retry of
+/// the same sequences must get an answer, not wait forever on "in progress".
+#[tokio::test]
+async fn a_cancelled_publish_does_not_hang_its_retry() {
+    let env = Env::new();
+    let b = env.open();
+    b.put_topic("t", &patch("{}")).await.unwrap();
+    let sequenced = |seq: u64| PublishMessage {
+        producer_id: Some("p".into()),
+        sequence: Some(seq),
+        ..msg(&format!("m{seq}"))
+    };
+    for round in 0..20u64 {
+        let batch: Vec<_> = (0..8).map(|i| sequenced(round * 8 + i)).collect();
+        // Dropped at its first await: after the reservation, before the fsync answered.
+        let cancelled = tokio::time::timeout(Duration::ZERO, b.publish("t", batch.clone()));
+        let _ = cancelled.await;
+        let retry = tokio::time::timeout(Duration::from_secs(10), b.publish("t", batch));
+        let results = retry
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the retry hung on stranded reservations"))
+            .unwrap();
+        assert_eq!(results.len(), 8);
+    }
+    // Stored once each, whether the cancelled attempt or the retry wrote them.
+    let end: u64 = b.describe("t").await.unwrap().end_offsets.iter().sum();
+    assert_eq!(end, 160);
+}

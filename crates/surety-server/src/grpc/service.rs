@@ -50,13 +50,12 @@ impl Surety for Service {
             ));
         }
         let payload_sizes: Vec<u64> = messages.iter().map(|m| m.payload.len() as u64).collect();
-        // Its own task: a client that disconnects mid-publish drops this future, and a
-        // publish cancelled between its dedupe reservation and its commit would leave the
-        // sequences "in progress" for good, hanging every retry of them.
-        let (broker, topic) = (self.state.broker.clone(), req.topic.clone());
-        let results = tokio::spawn(async move { broker.publish(&topic, messages).await })
+        // Broker::publish is cancel-safe: a client that disconnects cannot strand it.
+        let results = self
+            .state
+            .broker
+            .publish(&req.topic, messages)
             .await
-            .map_err(|e| Status::internal(format!("publish task failed: {e}")))?
             .map_err(|e| status_of(&e))?;
         metrics::record_publish(&req.topic, &results, &payload_sizes);
         Ok(Response::new(proto::PublishResponse {

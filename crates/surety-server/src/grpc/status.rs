@@ -48,7 +48,7 @@ fn grpc_code(code: &str) -> Code {
             Code::FailedPrecondition
         }
         // The topic stopped; a broker restart brings it back, so clients may retry.
-        "topic_failed" => Code::Unavailable,
+        "topic_failed" | "shutting_down" => Code::Unavailable,
         _ => Code::Internal,
     }
 }

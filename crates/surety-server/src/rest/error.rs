@@ -65,7 +65,7 @@ fn broker_status(code: &str) -> StatusCode {
         "sequence_too_old" | "receipt_stale" | "lease_expired" | "not_delivered" => {
             StatusCode::CONFLICT
         }
-        "topic_failed" => StatusCode::SERVICE_UNAVAILABLE,
+        "topic_failed" | "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -104,19 +104,8 @@ pub async fn publish(
         batch.push(m);
     }
     let sizes: Vec<u64> = batch.iter().map(|m| m.payload.len() as u64).collect();
-    // Its own task, so a client that disconnects cannot cancel a publish between its
-    // dedupe reservation and its commit (which would hang retries of those keys).
-    let broker = state.broker.clone();
-    let name = topic.clone();
-    let results = tokio::spawn(async move { broker.publish(&name, batch).await })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("publish task failed: {e}"),
-            )
-        })??;
+    // Broker::publish is cancel-safe: a client that disconnects cannot strand it.
+    let results = state.broker.publish(&topic, batch).await?;
     crate::metrics::record_publish(&topic, &results, &sizes);
     Ok(Json(PublishResponse {
         results: results.into_iter().map(Into::into).collect(),
