@@ -98,6 +98,7 @@ impl Consumer {
             },
             stop: StopHandle::new(),
             gaps: None,
+            ack_linger: DEFAULT_ACK_LINGER,
         }
     }
 }
@@ -114,7 +115,14 @@ pub struct ConsumerBuilder {
     reconnect: RetryPolicy,
     stop: StopHandle,
     gaps: Option<Arc<Mutex<GapDetector>>>,
+    ack_linger: Duration,
 }
+
+/// How long a handler's ack may wait for others to share its request (see
+/// [`ConsumerBuilder::ack_linger`]).
+const DEFAULT_ACK_LINGER: Duration = Duration::from_millis(1);
+/// Receipts in one Ack request at most; a full batch goes out at once.
+const MAX_ACK_BATCH: usize = 256;
 
 /// A handler's verdict on one delivery.
 enum Outcome {
@@ -171,6 +179,17 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Acks of handlers that finish within `linger` of each other travel in one request
+    /// (and one journal commit on the server); default 1 ms. Handlers finish one at a
+    /// time, so without it nearly every ack was a request of its own (measured: 1.05
+    /// receipts per request under `surety bench server`). An ack goes out at once when
+    /// no other handler is running, or when 256 are waiting; `Duration::ZERO` sends each
+    /// finished handler's ack immediately. Nacks never wait.
+    pub fn ack_linger(mut self, linger: Duration) -> Self {
+        self.ack_linger = linger;
+        self
+    }
+
     /// The handle that stops this consumer.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
@@ -190,6 +209,8 @@ impl ConsumerBuilder {
             handlers: JoinSet::new(),
             running: HashMap::new(),
             unanswered: BTreeMap::new(),
+            pending_acks: Vec::new(),
+            ack_deadline: None,
             next_request_id: 1,
             stats: ConsumerStats::default(),
             stop: self.stop.0.subscribe(),
@@ -232,6 +253,8 @@ enum Event {
     Stop,
     Response(Result<Option<proto::ConsumeResponse>, tonic::Status>),
     Finished(Result<(tokio::task::Id, HandlerResult), tokio::task::JoinError>),
+    /// The ack linger ran out.
+    FlushAcks,
 }
 
 enum Ended {
@@ -253,6 +276,11 @@ struct Run<'a> {
     /// Acks and nacks sent and not answered yet; sent again after a reconnect (a repeated
     /// ack is harmless, a repeated nack is refused as stale).
     unanswered: BTreeMap<u64, proto::ConsumeRequest>,
+    /// Receipts of handlers that returned `Ok`, waiting (up to the linger) to be acked
+    /// together. Kept across connections: receipts outlive them.
+    pending_acks: Vec<String>,
+    /// When `pending_acks` must go out.
+    ack_deadline: Option<tokio::time::Instant>,
     next_request_id: u64,
     stats: ConsumerStats,
     stop: watch::Receiver<bool>,
@@ -274,7 +302,7 @@ impl Run<'_> {
         E: std::fmt::Display + Send + 'static,
     {
         let mut stopping = *self.stop.borrow();
-        if stopping && self.handlers.is_empty() && self.unanswered.is_empty() {
+        if stopping && self.is_idle() {
             return Ok(Ended::Stopped);
         }
         // Unbounded, so sending never waits on the server while it waits on us; it
@@ -298,6 +326,7 @@ impl Run<'_> {
         for req in self.unanswered.values() {
             let _ = tx.send(req.clone());
         }
+        self.flush_acks(&tx);
         if stopping {
             let _ = tx.send(request(In::Drain(proto::Drain {})));
         }
@@ -309,10 +338,12 @@ impl Run<'_> {
         let mut drained = false;
         let mut made_progress = false;
         loop {
-            if stopping && drained && self.handlers.is_empty() && self.unanswered.is_empty() {
+            if stopping && drained && self.is_idle() {
                 return Ok(Ended::Stopped);
             }
+            let deadline = self.ack_deadline;
             let event = tokio::select! {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => Event::FlushAcks,
                 _ = self.stop.wait_for(|s| *s), if !stopping => Event::Stop,
                 r = responses.message() => Event::Response(r),
                 Some(f) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => Event::Finished(f),
@@ -348,6 +379,7 @@ impl Run<'_> {
                     return self.broken(status.into(), made_progress);
                 }
                 Event::Response(Err(status)) => return self.broken(status.into(), made_progress),
+                Event::FlushAcks => self.flush_acks(&tx),
                 Event::Finished(first) => {
                     // Handlers that finished meanwhile are settled with it: their acks
                     // travel in one request and one journal commit on the server.
@@ -355,25 +387,44 @@ impl Run<'_> {
                     while let Some(next) = self.handlers.try_join_next_with_id() {
                         done.push(self.finished(next));
                     }
-                    let mut acks = Vec::new();
                     let mut credits = 0;
                     for (receipt, from_session, outcome, panicked) in done {
                         if from_session != session && !stopping {
                             credits += 1;
                         }
                         match outcome {
-                            Outcome::Ack => acks.push(receipt),
+                            Outcome::Ack => self.pending_acks.push(receipt),
                             nack => self.settle(&tx, vec![receipt], nack, panicked),
                         }
                     }
-                    if !acks.is_empty() {
-                        self.settle(&tx, acks, Outcome::Ack, false);
+                    // Nothing else running means nothing to wait for.
+                    if self.pending_acks.len() >= MAX_ACK_BATCH
+                        || self.handlers.is_empty()
+                        || self.cfg.ack_linger.is_zero()
+                    {
+                        self.flush_acks(&tx);
+                    } else if self.ack_deadline.is_none() && !self.pending_acks.is_empty() {
+                        self.ack_deadline = Some(tokio::time::Instant::now() + self.cfg.ack_linger);
                     }
                     if credits > 0 {
                         let _ = tx.send(request(In::Credit(proto::Credit { n: credits })));
                     }
                 }
             }
+        }
+    }
+
+    /// No handler running, and every verdict sent and answered.
+    fn is_idle(&self) -> bool {
+        self.handlers.is_empty() && self.pending_acks.is_empty() && self.unanswered.is_empty()
+    }
+
+    /// Sends the waiting acks as one request.
+    fn flush_acks(&mut self, tx: &mpsc::UnboundedSender<proto::ConsumeRequest>) {
+        self.ack_deadline = None;
+        if !self.pending_acks.is_empty() {
+            let receipts = std::mem::take(&mut self.pending_acks);
+            self.settle(tx, receipts, Outcome::Ack, false);
         }
     }
 

@@ -211,3 +211,85 @@ async fn consuming_an_unknown_topic_is_refused() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+async fn acked(server: &TestServer, topic: &str, group: &str) -> u64 {
+    let info = server.broker.describe(topic).await.unwrap();
+    info.groups
+        .iter()
+        .find(|g| g.name == group)
+        .map_or(0, |g| g.stats.acked)
+}
+
+/// Acks wait up to the linger for other handlers' acks, but never past it, and never
+/// while nothing else runs; a stop sends whatever still waits.
+#[tokio::test]
+async fn acks_linger_briefly_and_are_never_held_back() {
+    let server = TestServer::start().await;
+    server.topic("t", 5).await;
+    publish(&server, "t", &["fast", "slow"]).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let consumer = Consumer::builder(server.client().await, "t", "g")
+        .max_in_flight(2)
+        .ack_linger(Duration::from_millis(50));
+    let stop = consumer.stop_handle();
+    let gate = release.clone();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn(consumer.run(move |d: Delivery| {
+        let (gate, handled) = (gate.clone(), handled.clone());
+        async move {
+            if d.payload == b"slow" {
+                gate.notified().await;
+            }
+            handled.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::convert::Infallible>(())
+        }
+    }));
+    // "fast" is done while "slow" still runs: its ack goes out when the linger ends.
+    eventually("the fast handler's ack, after the linger", || async {
+        acked(&server, "t", "g").await == 1
+    })
+    .await;
+    release.notify_one();
+    // "slow" ends with nothing else running: acked without waiting.
+    eventually("the slow handler's ack", || async {
+        acked(&server, "t", "g").await == 2
+    })
+    .await;
+    stop.stop();
+    let stats = run.await.unwrap().unwrap();
+    assert_eq!((stats.delivered, stats.acked), (2, 2));
+
+    // A very long linger: a stop still sends the waiting ack before returning.
+    publish(&server, "t", &["fast", "slow"]).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let consumer = Consumer::builder(server.client().await, "t", "g")
+        .max_in_flight(2)
+        .ack_linger(Duration::from_secs(3600));
+    let stop = consumer.stop_handle();
+    let gate = release.clone();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counted = handled.clone();
+    let run = tokio::spawn(consumer.run(move |d: Delivery| {
+        let (gate, counted) = (gate.clone(), counted.clone());
+        async move {
+            if d.payload == b"slow" {
+                gate.notified().await;
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::convert::Infallible>(())
+        }
+    }));
+    eventually("the fast handler ran", || async {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Time enough for an ack sent at once to be applied.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(acked(&server, "t", "g").await, 2, "held back by the linger");
+    stop.stop();
+    release.notify_one();
+    let stats = run.await.unwrap().unwrap();
+    assert_eq!((stats.delivered, stats.acked), (2, 2));
+    assert_eq!(acked(&server, "t", "g").await, 4);
+    assert_eq!(lag(&server, "t", "g").await, Some(0));
+}

@@ -35,6 +35,14 @@ fn build() -> Result<PrometheusHandle, BuildError> {
             Matcher::Full("surety_log_records_per_fsync".into()),
             RECORDS_PER_FSYNC,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full("surety_consume_deliveries_per_fetch".into()),
+            RECORDS_PER_FSYNC,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("surety_consume_receipts_per_settle".into()),
+            RECORDS_PER_FSYNC,
+        )?
         .install_recorder()
 }
 
@@ -63,6 +71,17 @@ pub fn record_publish(topic: &str, results: &[PublishResult], payload_sizes: &[u
         .increment(stored);
     metrics::counter!("surety_published_bytes_total", "topic" => topic.clone()).increment(bytes);
     metrics::counter!("surety_duplicates_total", "topic" => topic).increment(duplicates);
+}
+
+/// Deliveries one Consume-stream fetch handed out: small numbers under load mean a
+/// journal commit and a response for a handful of messages each.
+pub fn record_fetch_batch(n: usize) {
+    metrics::histogram!("surety_consume_deliveries_per_fetch").record(n as f64);
+}
+
+/// Receipts in one Ack or Nack request of a Consume stream (one journal commit each).
+pub fn record_settle_batch(n: usize) {
+    metrics::histogram!("surety_consume_receipts_per_settle").record(n as f64);
 }
 
 pub fn record_acked(n: usize) {

@@ -135,7 +135,7 @@ fn bench_broker_json() {
     assert!(v["log"]["end_to_end_latency"].is_null());
     assert_eq!(v["memory"]["messages"].as_u64(), Some(10_000));
     assert_eq!(v["settings"]["producers"].as_u64(), Some(1));
-    assert_eq!(v["settings"]["partitions"].as_u64(), Some(4));
+    assert_eq!(v["settings"]["partitions"].as_u64(), Some(2));
 
     let left: Vec<_> = std::fs::read_dir(cwd.path())
         .unwrap()
@@ -163,6 +163,8 @@ fn bench_server_json() {
             "1",
             "--rate",
             "200",
+            "--partitions",
+            "2",
         ])
         .current_dir(cwd.path())
         .output()
@@ -193,7 +195,7 @@ fn bench_server_json() {
     }
     assert_eq!(v["open_loop"]["offered_per_sec"].as_f64(), Some(200.0));
     assert_eq!(v["settings"]["server"].as_str(), Some("spawned"));
-    assert_eq!(v["settings"]["partitions"].as_u64(), Some(4));
+    assert_eq!(v["settings"]["partitions"].as_u64(), Some(2));
 
     // The spawned server was stopped and its data removed with ./surety-bench.
     let left: Vec<_> = std::fs::read_dir(cwd.path())

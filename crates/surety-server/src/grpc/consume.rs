@@ -171,6 +171,7 @@ impl Session {
         op: Settle,
     ) -> proto::ConsumeResponse {
         let (b, t, g) = (&self.broker, &self.topic, &self.group);
+        metrics::record_settle_batch(receipts.len());
         let result = match &op {
             // On a stream each receipt stands alone: one expired lease must not refuse the
             // acks that came with it. The request fails only if none was acceptable.
@@ -245,6 +246,7 @@ impl Session {
             if deliveries.is_empty() {
                 continue;
             }
+            metrics::record_fetch_batch(deliveries.len());
             // Recorded before they are sent, so their acks always find them.
             self.outstanding
                 .lock()
