@@ -7,6 +7,7 @@
 //! their leases, which expire into redelivery (at-least-once).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ struct Session {
     lease: Option<Duration>,
     /// Free room in the window.
     credits: Semaphore,
+    /// The window's size: credits granted so far.
+    window: AtomicUsize,
     /// Receipts handed out on this stream and not settled yet.
     outstanding: Mutex<HashSet<String>>,
     settles: Arc<Semaphore>,
@@ -84,6 +87,7 @@ pub(super) async fn start(
         group: sub.group,
         lease: (sub.lease_ms > 0).then(|| Duration::from_millis(sub.lease_ms)),
         credits: Semaphore::new(window),
+        window: AtomicUsize::new(window),
         outstanding: Mutex::new(HashSet::new()),
         settles: Arc::new(Semaphore::new(MAX_CONCURRENT_SETTLES)),
         tx,
@@ -121,6 +125,7 @@ impl Session {
                 Some(In::Credit(c)) => {
                     let n = (c.n as usize).min(MAX_WINDOW - window);
                     window += n;
+                    self.window.store(window, Ordering::Relaxed);
                     self.credits.add_permits(n);
                 }
                 Some(In::Ack(a)) => {
@@ -307,9 +312,12 @@ impl Session {
         first.forget();
         let mut n = 1 + self.take_available(MAX_FETCH - 1);
         // Under load credits come back one ack at a time; fetching each at once would cost
-        // a journal sync per delivery. Let them gather briefly so one fetch serves many.
+        // a journal sync per delivery. Let them gather briefly so one fetch serves many;
+        // but not beyond half the window: a small window (one handler, say) would only
+        // wait out the linger on every fetch.
+        let target = FETCH_BATCH_TARGET.min(self.window.load(Ordering::Relaxed) / 2);
         let deadline = tokio::time::Instant::now() + FETCH_LINGER;
-        while n < FETCH_BATCH_TARGET {
+        while n < target {
             match tokio::time::timeout_at(deadline, self.credits.acquire()).await {
                 Ok(Ok(p)) => {
                     p.forget();
