@@ -378,7 +378,9 @@ impl Run<'_> {
                     let status = tonic::Status::unavailable("the server ended the stream");
                     return self.broken(status.into(), made_progress);
                 }
-                Event::Response(Err(status)) => return self.broken(status.into(), made_progress),
+                Event::Response(Err(status)) => {
+                    return self.broken(ServerError::broken_stream(status), made_progress);
+                }
                 Event::FlushAcks => self.flush_acks(&tx),
                 Event::Finished(first) => {
                     // Handlers that finished meanwhile are settled with it: their acks

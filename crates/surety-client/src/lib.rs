@@ -10,6 +10,7 @@ pub mod client;
 pub mod consumer;
 pub mod gap;
 pub mod message;
+mod pipeline;
 pub mod producer;
 pub mod retry;
 pub mod server_error;

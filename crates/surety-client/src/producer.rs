@@ -1,7 +1,8 @@
 //! Confirmed, idempotent publishing: every message gets this producer's id and the next
 //! sequence once, when first submitted, and keeps them across retries. So a retry after
 //! a lost answer is recognized by the server and answered with the original offset
-//! (`duplicate: true`) instead of being stored twice.
+//! (`duplicate: true`) instead of being stored twice. Batches are pipelined on one
+//! `PublishStream` per producer (`pipeline.rs`): many may be in flight at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use rand::Rng;
 
 use crate::client::Client;
 use crate::message::{Message, Published};
+use crate::pipeline::Pipeline;
 use crate::proto;
 use crate::retry::RetryPolicy;
 use crate::server_error::ServerError;
@@ -63,7 +65,7 @@ impl Batch {
 /// publish from many tasks at once; each batch is confirmed on its own.
 #[derive(Debug)]
 pub struct Producer {
-    client: Client,
+    pipeline: Pipeline,
     producer_id: String,
     next_sequence: AtomicU64,
     retry: RetryPolicy,
@@ -94,7 +96,7 @@ impl ProducerBuilder {
     pub fn build(self) -> Producer {
         let (producer_id, next) = self.identity.unwrap_or_else(|| (random_id(), 0));
         Producer {
-            client: self.client,
+            pipeline: Pipeline::new(self.client),
             producer_id,
             next_sequence: AtomicU64::new(next),
             retry: self.retry,
@@ -204,19 +206,17 @@ impl Producer {
             topic: topic.to_owned(),
             messages: batch.messages.clone(),
         };
-        let mut raw = self.client.raw();
-        let call = tokio::time::timeout(self.retry.attempt_timeout, raw.publish(req));
+        let call = tokio::time::timeout(self.retry.attempt_timeout, self.pipeline.publish(req));
         let response = match call.await {
             Err(_) => return Err(Attempt::Transient(ServerError::timed_out("publish"))),
-            Ok(Err(status)) => {
-                let e = ServerError::from(status);
+            Ok(Err(e)) => {
                 return Err(if e.is_transient() {
                     Attempt::Transient(e)
                 } else {
                     Attempt::Final(PublishError::Refused(e))
                 });
             }
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => r,
         };
         if response.results.len() != batch.len() {
             return Err(Attempt::Final(PublishError::Protocol {

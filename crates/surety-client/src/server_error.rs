@@ -34,6 +34,18 @@ impl ServerError {
         }
     }
 
+    /// A stream that failed after it was open. The server's own refusals travel inside
+    /// the stream, so a failure of the stream itself without a Surety code (tonic reports
+    /// a reset stream or a broken connection as INTERNAL or UNKNOWN, "h2 protocol error")
+    /// is the transport's, and retrying on a new stream can help.
+    pub(crate) fn broken_stream(status: Status) -> Self {
+        let mut e = Self::from(status);
+        if e.code.is_none() && matches!(e.grpc, Code::Internal | Code::Unknown) {
+            e.grpc = Code::Unavailable;
+        }
+        e
+    }
+
     /// A call that ran out of the time this client gave it.
     pub(crate) fn timed_out(what: &str) -> Self {
         Self {
@@ -69,6 +81,23 @@ mod tests {
                 .insert(ERROR_CODE_METADATA, c.parse().unwrap());
         }
         s.into()
+    }
+
+    #[test]
+    fn a_broken_stream_is_transient_unless_the_server_decided() {
+        let broken = |code, surety: Option<&str>| {
+            let mut s = Status::new(code, "m");
+            if let Some(c) = surety {
+                s.metadata_mut()
+                    .insert(ERROR_CODE_METADATA, c.parse().unwrap());
+            }
+            ServerError::broken_stream(s).is_transient()
+        };
+        assert!(broken(Code::Internal, None));
+        assert!(broken(Code::Unknown, None));
+        assert!(!broken(Code::Internal, Some("storage_failure")));
+        assert!(!broken(Code::OutOfRange, None));
+        assert!(!broken(Code::Unauthenticated, Some("unauthorized")));
     }
 
     #[test]

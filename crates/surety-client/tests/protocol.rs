@@ -126,3 +126,60 @@ async fn a_stream_must_start_with_subscribe() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }
+
+/// PublishStream answers every request by its id, refusals included, and a refusal does
+/// not end the stream.
+#[tokio::test]
+async fn publish_stream_answers_each_request_by_id_and_goes_on_after_a_refusal() {
+    let server = TestServer::start().await;
+    server.topic("t", 5).await;
+    let client = server.client().await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let request = |id: u64, topic: &str, payload: &str| proto::PublishStreamRequest {
+        request_id: id,
+        publish: Some(proto::PublishRequest {
+            topic: topic.into(),
+            messages: vec![proto::Message {
+                payload: payload.as_bytes().to_vec(),
+                ..proto::Message::default()
+            }],
+        }),
+    };
+    tx.send(request(10, "t", "a")).unwrap();
+    tx.send(request(11, "missing", "b")).unwrap();
+    let mut answers = client
+        .raw()
+        .publish_stream(UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(answers.message().await.unwrap().unwrap());
+    }
+    tx.send(request(12, "t", "c")).unwrap();
+    got.push(answers.message().await.unwrap().unwrap());
+    got.sort_by_key(|r| r.request_id);
+    use proto::publish_stream_response::Outcome;
+    let offsets: Vec<_> = got
+        .iter()
+        .map(|r| match &r.outcome {
+            Some(Outcome::Published(p)) => Ok(p.results[0].offset),
+            Some(Outcome::Error(e)) => Err((e.code.clone(), e.grpc_status)),
+            None => panic!("empty answer"),
+        })
+        .collect();
+    assert_eq!(
+        got.iter().map(|r| r.request_id).collect::<Vec<_>>(),
+        [10, 11, 12]
+    );
+    assert_eq!(
+        offsets,
+        [
+            Ok(0),
+            Err(("topic_not_found".to_owned(), tonic::Code::NotFound as i32)),
+            Ok(1)
+        ]
+    );
+    assert_eq!(server.broker.describe("t").await.unwrap().end_offsets, [2]);
+}

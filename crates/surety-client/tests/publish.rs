@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::TestServer;
 use surety_client::{Client, Message, Producer, PublishError, RetryPolicy};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 
 #[tokio::test]
 async fn publish_answers_offsets_in_order_and_stores_each_message_once() {
@@ -39,9 +41,9 @@ async fn a_replayed_batch_is_answered_with_the_original_offsets_not_stored_again
     assert_eq!(server.broker.describe("t").await.unwrap().end_offsets, [3]);
 }
 
-/// The first Publish reaches the broker (and is stored), but its answer is replaced by
-/// UNAVAILABLE, as when a connection drops after the fsync. The producer retries with
-/// the same sequence and gets the original offset back, marked duplicate.
+/// The first publish reaches the broker (and is stored), but the stream breaks before its
+/// answer arrives, as when a connection drops after the fsync. The producer retries with
+/// the same sequence on a new stream and gets the original offset back, marked duplicate.
 #[tokio::test]
 async fn a_retry_after_a_lost_answer_stores_one_copy() {
     let dropped = Arc::new(AtomicBool::new(false));
@@ -51,13 +53,23 @@ async fn a_retry_after_a_lost_answer_stores_one_copy() {
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let hook = hook.clone();
                 async move {
-                    let is_publish = req.uri().path() == "/surety.v1.Surety/Publish";
+                    let is_publish = req.uri().path() == "/surety.v1.Surety/PublishStream";
                     let response = next.run(req).await;
-                    if is_publish && !hook.swap(true, Ordering::SeqCst) {
-                        return tonic::Status::unavailable("answer lost (test hook)")
-                            .into_http::<axum::body::Body>();
+                    if !is_publish || hook.swap(true, Ordering::SeqCst) {
+                        return response;
                     }
-                    response
+                    // Swallow the first answer (sent once the publish is durable), then
+                    // break the stream.
+                    let (parts, body) = response.into_parts();
+                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    tokio::spawn(async move {
+                        let mut answers = body.into_data_stream();
+                        let _ = answers.next().await;
+                        let lost = std::io::Error::other("answer lost (test hook)");
+                        let _ = tx.send(Err::<axum::body::Bytes, _>(lost)).await;
+                    });
+                    let body = axum::body::Body::from_stream(ReceiverStream::new(rx));
+                    axum::response::Response::from_parts(parts, body)
                 }
             },
         ))

@@ -37,3 +37,36 @@ async fn shutdown_ends_open_consume_streams() {
     result.unwrap().unwrap();
     consuming.abort();
 }
+
+/// The same for the producer's publish stream, which stays open between publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_publish_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        data: Some(dir.path().join("data")),
+        listen: Some("127.0.0.1:0".into()),
+        ..Settings::default()
+    };
+    let server = Server::bind(Config::from_settings(settings).unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let client = Client::connect(&url, None).await.unwrap();
+    client.create_topic("t", "").await.unwrap();
+    let producer = surety_client::Producer::new(client);
+    producer
+        .publish("t", surety_client::Message::new("x"))
+        .await
+        .unwrap();
+
+    let _ = stop.send(());
+    let finished = tokio::time::timeout(Duration::from_secs(10), running).await;
+    let result = finished.expect("server did not finish within 10 s with a publish stream open");
+    result.unwrap().unwrap();
+    drop(producer);
+}

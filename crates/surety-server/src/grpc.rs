@@ -4,6 +4,7 @@
 
 mod consume;
 mod convert;
+mod publish_stream;
 mod service;
 mod status;
 

@@ -18,7 +18,7 @@ use tonic::{Status, Streaming};
 
 use super::convert;
 use super::proto::{self, consume_request::Kind as In, consume_response::Kind as Out};
-use super::status::{invalid_request, status_of};
+use super::status::{invalid_request, status_of, stream_error};
 use crate::metrics;
 
 /// Most deliveries asked of one fetch.
@@ -214,11 +214,7 @@ impl Session {
                 request_id,
                 nacked: n as u64,
             }),
-            (Err(e), _) => Out::Error(proto::Error {
-                request_id,
-                code: e.code().to_owned(),
-                message: e.to_string(),
-            }),
+            (Err(e), _) => Out::Error(stream_error(request_id, &status_of(&e))),
         };
         proto::ConsumeResponse { kind: Some(kind) }
     }

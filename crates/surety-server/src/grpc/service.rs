@@ -8,7 +8,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::proto::{self, surety_server::Surety};
 use super::status::{status_of, with_code};
-use super::{consume, convert};
+use super::{consume, convert, publish_stream};
 use crate::metrics;
 use crate::state::AppState;
 
@@ -24,6 +24,44 @@ impl Service {
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::ConsumeResponse, Status>> + Send>>;
+type PublishResponseStream =
+    Pin<Box<dyn Stream<Item = Result<proto::PublishStreamResponse, Status>> + Send>>;
+
+/// One publish request, unary or on a stream: answered only once every new message is
+/// durable.
+pub(super) async fn publish(
+    state: &AppState,
+    req: proto::PublishRequest,
+) -> Result<proto::PublishResponse, Status> {
+    let messages: Vec<_> = req
+        .messages
+        .into_iter()
+        .map(convert::publish_message)
+        .collect();
+    // All or nothing: one message over the server-wide cap refuses the batch.
+    let max = state.max_message_bytes;
+    let sizes = messages.iter().map(PublishMessage::size);
+    if let Some((i, size)) = sizes.enumerate().find(|&(_, size)| size > max) {
+        return Err(with_code(
+            Code::InvalidArgument,
+            "message_too_large",
+            format!(
+                "messages[{i}]: message of {size} bytes exceeds the server limit of {max} bytes"
+            ),
+        ));
+    }
+    let payload_sizes: Vec<u64> = messages.iter().map(|m| m.payload.len() as u64).collect();
+    // Broker::publish is cancel-safe: a client that disconnects cannot strand it.
+    let results = state
+        .broker
+        .publish(&req.topic, messages)
+        .await
+        .map_err(|e| status_of(&e))?;
+    metrics::record_publish(&req.topic, &results, &payload_sizes);
+    Ok(proto::PublishResponse {
+        results: results.into_iter().map(convert::publish_result).collect(),
+    })
+}
 
 #[tonic::async_trait]
 impl Surety for Service {
@@ -31,36 +69,19 @@ impl Surety for Service {
         &self,
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
-        let req = request.into_inner();
-        let messages: Vec<_> = req
-            .messages
-            .into_iter()
-            .map(convert::publish_message)
-            .collect();
-        // All or nothing: one message over the server-wide cap refuses the batch.
-        let max = self.state.max_message_bytes;
-        let sizes = messages.iter().map(PublishMessage::size);
-        if let Some((i, size)) = sizes.enumerate().find(|&(_, size)| size > max) {
-            return Err(with_code(
-                Code::InvalidArgument,
-                "message_too_large",
-                format!(
-                    "messages[{i}]: message of {size} bytes exceeds the server limit of {max} bytes"
-                ),
-            ));
-        }
-        let payload_sizes: Vec<u64> = messages.iter().map(|m| m.payload.len() as u64).collect();
-        // Broker::publish is cancel-safe: a client that disconnects cannot strand it.
-        let results = self
-            .state
-            .broker
-            .publish(&req.topic, messages)
+        publish(&self.state, request.into_inner())
             .await
-            .map_err(|e| status_of(&e))?;
-        metrics::record_publish(&req.topic, &results, &payload_sizes);
-        Ok(Response::new(proto::PublishResponse {
-            results: results.into_iter().map(convert::publish_result).collect(),
-        }))
+            .map(Response::new)
+    }
+
+    type PublishStreamStream = PublishResponseStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<proto::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let stream = publish_stream::start(self.state.clone(), request.into_inner());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type ConsumeStream = ResponseStream;

@@ -23,6 +23,22 @@ pub(super) fn with_code(grpc: Code, code: &'static str, message: String) -> Stat
     status
 }
 
+/// A refusal inside a stream (the stream goes on): the stable code, the message and the
+/// status code a unary call would have failed with.
+pub(super) fn stream_error(request_id: u64, status: &Status) -> super::proto::Error {
+    let code = status
+        .metadata()
+        .get(ERROR_CODE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("internal");
+    super::proto::Error {
+        request_id,
+        code: code.to_owned(),
+        message: status.message().to_owned(),
+        grpc_status: status.code() as i32,
+    }
+}
+
 pub(super) fn unauthenticated() -> Status {
     with_code(
         Code::Unauthenticated,

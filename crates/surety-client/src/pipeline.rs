@@ -1,0 +1,172 @@
+//! The producer's publish path: requests pipelined on one long-lived `PublishStream`
+//! call, each answered by `request_id`. A unary call per batch costs a new HTTP/2 stream
+//! (headers, trailers, a task on each side); on a stream a batch costs one message each
+//! way.
+//!
+//! One session task owns the stream. When it breaks, every request it had not answered
+//! fails as transient (the producer retries it with the same sequences, so nothing is
+//! stored twice) and the next publish opens a new session.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Code;
+
+use crate::client::Client;
+use crate::proto::{self, publish_stream_response::Outcome};
+use crate::server_error::ServerError;
+
+type Answer = Result<proto::PublishResponse, ServerError>;
+
+struct Call {
+    request: proto::PublishStreamRequest,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// Sends publish requests over the current session, opening one when needed.
+pub(crate) struct Pipeline {
+    client: Client,
+    session: Mutex<Option<mpsc::UnboundedSender<Call>>>,
+    next_request_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("next_request_id", &self.next_request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            client,
+            session: Mutex::new(None),
+            next_request_id: AtomicU64::new(1),
+        }
+    }
+
+    /// One attempt: the server's answer, or why there was none.
+    pub(crate) async fn publish(&self, publish: proto::PublishRequest) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let mut call = Call {
+            request: proto::PublishStreamRequest {
+                request_id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
+                publish: Some(publish),
+            },
+            answer,
+        };
+        // A session that ended since it was last used refuses the call; open a new one.
+        for _ in 0..2 {
+            match self.sender().send(call) {
+                Ok(()) => break,
+                Err(refused) => {
+                    call = refused.0;
+                    self.session.lock().unwrap().take();
+                }
+            }
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(unavailable(
+                "the publish stream closed before answering".into(),
+            ))
+        })
+    }
+
+    fn sender(&self) -> mpsc::UnboundedSender<Call> {
+        let mut session = self.session.lock().unwrap();
+        match &*session {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(run_session(self.client.clone(), rx));
+                *session = Some(tx.clone());
+                tx
+            }
+        }
+    }
+}
+
+/// Forwards calls onto one stream and answers them as responses arrive, until the stream
+/// breaks or the producer is gone and every call is answered.
+async fn run_session(client: Client, mut calls: mpsc::UnboundedReceiver<Call>) {
+    let (requests, outgoing) = mpsc::unbounded_channel();
+    let mut raw = client.raw();
+    let mut responses = match raw
+        .publish_stream(UnboundedReceiverStream::new(outgoing))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let e = ServerError::from(status);
+            calls.close();
+            while let Some(call) = calls.recv().await {
+                let _ = call.answer.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut waiting: HashMap<u64, oneshot::Sender<Answer>> = HashMap::new();
+    let mut producer_gone = false;
+    let broken = loop {
+        if producer_gone && waiting.is_empty() {
+            return;
+        }
+        tokio::select! {
+            call = calls.recv(), if !producer_gone => match call {
+                Some(call) => {
+                    waiting.insert(call.request.request_id, call.answer);
+                    if requests.send(call.request).is_err() {
+                        break unavailable("the publish stream closed".into());
+                    }
+                }
+                None => producer_gone = true,
+            },
+            response = responses.message() => match response {
+                Ok(Some(r)) => {
+                    if let Some(answer) = waiting.remove(&r.request_id) {
+                        let _ = answer.send(outcome(r.outcome));
+                    }
+                }
+                Ok(None) => break unavailable("the server ended the publish stream".into()),
+                Err(status) => break ServerError::broken_stream(status),
+            },
+        }
+    };
+    // Stop taking calls, then fail every one not answered: the producer retries them.
+    calls.close();
+    while let Ok(call) = calls.try_recv() {
+        waiting.insert(call.request.request_id, call.answer);
+    }
+    for (_, answer) in waiting {
+        let _ = answer.send(Err(broken.clone()));
+    }
+}
+
+fn outcome(outcome: Option<Outcome>) -> Answer {
+    match outcome {
+        Some(Outcome::Published(p)) => Ok(p),
+        Some(Outcome::Error(e)) => Err(ServerError {
+            grpc: Code::from_i32(e.grpc_status),
+            code: Some(e.code),
+            message: e.message,
+        }),
+        None => Err(ServerError {
+            grpc: Code::Internal,
+            code: None,
+            message: "the server answered a publish with neither a result nor an error".into(),
+        }),
+    }
+}
+
+fn unavailable(message: String) -> ServerError {
+    ServerError {
+        grpc: Code::Unavailable,
+        code: None,
+        message,
+    }
+}
