@@ -135,7 +135,7 @@ fn bench_broker_json() {
     assert!(v["log"]["end_to_end_latency"].is_null());
     assert_eq!(v["memory"]["messages"].as_u64(), Some(10_000));
     assert_eq!(v["settings"]["producers"].as_u64(), Some(1));
-    assert_eq!(v["settings"]["partitions"].as_u64(), Some(2));
+    assert_eq!(v["settings"]["partitions"].as_u64(), Some(4));
 
     let left: Vec<_> = std::fs::read_dir(cwd.path())
         .unwrap()
