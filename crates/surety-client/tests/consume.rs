@@ -220,6 +220,37 @@ async fn acked(server: &TestServer, topic: &str, group: &str) -> u64 {
         .map_or(0, |g| g.stats.acked)
 }
 
+/// A running consumer: its stop, the gate its "slow" handler waits on, the count of
+/// handlers that ran, and its task.
+type FastAndSlow = (
+    surety_client::StopHandle,
+    Arc<tokio::sync::Notify>,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<Result<surety_client::ConsumerStats, surety_client::ConsumeError>>,
+);
+
+/// A consumer of "t" whose "slow" handler waits for the gate; counts handlers that ran.
+fn fast_and_slow(server_client: surety_client::Client, linger: Duration) -> FastAndSlow {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let handled = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(server_client, "t", "g")
+        .max_in_flight(2)
+        .ack_linger(linger);
+    let stop = consumer.stop_handle();
+    let (gate, counted) = (release.clone(), handled.clone());
+    let run = tokio::spawn(consumer.run(move |d: Delivery| {
+        let (gate, counted) = (gate.clone(), counted.clone());
+        async move {
+            if d.payload == b"slow" {
+                gate.notified().await;
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::convert::Infallible>(())
+        }
+    }));
+    (stop, release, handled, run)
+}
+
 /// Acks wait up to the linger for other handlers' acks, but never past it, and never
 /// while nothing else runs; a stop sends whatever still waits.
 #[tokio::test]
@@ -227,23 +258,7 @@ async fn acks_linger_briefly_and_are_never_held_back() {
     let server = TestServer::start().await;
     server.topic("t", 5).await;
     publish(&server, "t", &["fast", "slow"]).await;
-    let release = Arc::new(tokio::sync::Notify::new());
-    let consumer = Consumer::builder(server.client().await, "t", "g")
-        .max_in_flight(2)
-        .ack_linger(Duration::from_millis(50));
-    let stop = consumer.stop_handle();
-    let gate = release.clone();
-    let handled = Arc::new(AtomicUsize::new(0));
-    let run = tokio::spawn(consumer.run(move |d: Delivery| {
-        let (gate, handled) = (gate.clone(), handled.clone());
-        async move {
-            if d.payload == b"slow" {
-                gate.notified().await;
-            }
-            handled.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, std::convert::Infallible>(())
-        }
-    }));
+    let (stop, release, _, run) = fast_and_slow(server.client().await, Duration::from_millis(50));
     // "fast" is done while "slow" still runs: its ack goes out when the linger ends.
     eventually("the fast handler's ack, after the linger", || async {
         acked(&server, "t", "g").await == 1
@@ -261,24 +276,8 @@ async fn acks_linger_briefly_and_are_never_held_back() {
 
     // A very long linger: a stop still sends the waiting ack before returning.
     publish(&server, "t", &["fast", "slow"]).await;
-    let release = Arc::new(tokio::sync::Notify::new());
-    let consumer = Consumer::builder(server.client().await, "t", "g")
-        .max_in_flight(2)
-        .ack_linger(Duration::from_secs(3600));
-    let stop = consumer.stop_handle();
-    let gate = release.clone();
-    let handled = Arc::new(AtomicUsize::new(0));
-    let counted = handled.clone();
-    let run = tokio::spawn(consumer.run(move |d: Delivery| {
-        let (gate, counted) = (gate.clone(), counted.clone());
-        async move {
-            if d.payload == b"slow" {
-                gate.notified().await;
-            }
-            counted.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, std::convert::Infallible>(())
-        }
-    }));
+    let (stop, release, handled, run) =
+        fast_and_slow(server.client().await, Duration::from_secs(3600));
     eventually("the fast handler ran", || async {
         handled.load(Ordering::SeqCst) == 1
     })
