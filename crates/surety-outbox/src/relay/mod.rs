@@ -247,11 +247,16 @@ impl Leader {
         }
     }
 
-    /// (pending rows, age of the oldest in seconds); then deletes expired sent rows.
-    async fn maintain(&mut self, retention: Option<Duration>) -> Result<(i64, f64), LeadEnd> {
+    /// SQLite: (pending rows, age of the oldest in seconds), then deletes expired sent
+    /// rows, in the leader's turn (one writer at a time). Postgres: `None`, its
+    /// maintenance runs in a task of its own ([`spawn_pg_maintenance`]).
+    async fn maintain(
+        &mut self,
+        retention: Option<Duration>,
+    ) -> Result<Option<(i64, f64)>, LeadEnd> {
         match self {
-            Leader::Pg(l) => l.maintain(retention).await,
-            Leader::Sqlite(l) => l.maintain(retention).await,
+            Leader::Pg(_) => Ok(None),
+            Leader::Sqlite(l) => Ok(Some(l.maintain(retention).await?)),
         }
     }
 
@@ -261,6 +266,40 @@ impl Leader {
             Leader::Sqlite(l) => l.release().await,
         }
     }
+}
+
+/// Aborts its task when dropped: maintenance ends with the leadership it serves.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Postgres maintenance beside the leader, on the pool: it must never stall relaying.
+fn spawn_pg_maintenance(
+    pool: sqlx::PgPool,
+    every: Duration,
+    retention: Option<Duration>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match pg::maintain(&pool, retention).await {
+                Ok((pending, age)) => set_pending_gauges(pending, age),
+                // The leader notices a broken database itself; the next tick tries again.
+                Err(e) => tracing::debug!(error = %e, "outbox maintenance failed"),
+            }
+        }
+    }))
+}
+
+fn set_pending_gauges(pending: i64, oldest_age_seconds: f64) {
+    metrics::gauge!(m::PENDING_ROWS).set(pending as f64);
+    metrics::gauge!(m::OLDEST_PENDING_AGE_SECONDS).set(oldest_age_seconds);
 }
 
 /// Sleeps `d`, or less if a stop is asked.
@@ -406,15 +445,23 @@ impl Relay {
         // first (and again) so that the broker answers duplicates for those it stored.
         let mut rows = leader.outstanding().await?;
         let mut failed_rounds = 0u32;
+        let _maintenance = match leader {
+            Leader::Pg(l) => Some(spawn_pg_maintenance(
+                l.pool().clone(),
+                self.config.maintenance_interval,
+                self.config.sent_retention,
+            )),
+            Leader::Sqlite(_) => None,
+        };
         let mut next_maintenance = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= next_maintenance {
-                let (pending, age) = leader.maintain(self.config.sent_retention).await?;
-                metrics::gauge!(m::PENDING_ROWS).set(pending as f64);
-                metrics::gauge!(m::OLDEST_PENDING_AGE_SECONDS).set(age);
+                if let Some((pending, age)) = leader.maintain(self.config.sent_retention).await? {
+                    set_pending_gauges(pending, age);
+                }
                 next_maintenance = tokio::time::Instant::now() + self.config.maintenance_interval;
             }
             if rows.is_empty() {

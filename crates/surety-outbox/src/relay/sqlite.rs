@@ -173,9 +173,18 @@ impl SqliteLeader {
     }
 
     pub async fn maintain(&mut self, retention: Option<Duration>) -> Result<(i64, f64), LeadEnd> {
+        // As on Postgres: through the two partial indexes of pending rows, not a scan of
+        // every sent row kept for the retention.
         let (pending, age_ms): (i64, Option<i64>) = sqlx::query_as(&format!(
-            "SELECT count(*), {SQLITE_NOW_MS} - min(created_at)
-             FROM surety_outbox WHERE state = 'pending'"
+            "WITH firsts AS (SELECT
+                 (SELECT min(id) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NULL) AS a,
+                 (SELECT min(id) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NOT NULL) AS b)
+             SELECT
+               (SELECT count(*) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NULL)
+             + (SELECT count(*) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NOT NULL),
+               {SQLITE_NOW_MS} - (SELECT created_at FROM surety_outbox, firsts
+                                  WHERE id = min(coalesce(a, b), coalesce(b, a)))
+             FROM firsts"
         ))
         .fetch_one(&self.pool)
         .await?;
