@@ -159,6 +159,9 @@ pub struct Broker {
 }
 
 struct BrokerInner {
+    /// Held (locked) while this broker lives: a second broker on the same directory, in
+    /// this process or another, would append to the same logs behind this one's back.
+    _lock: std::fs::File,
     dir: PathBuf,
     options: BrokerOptions,
     key: ReceiptKey,
@@ -227,8 +230,10 @@ impl Broker {
     pub fn open(dir: impl AsRef<Path>, options: BrokerOptions) -> Result<Broker, BrokerError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(dir.join("topics"))?;
+        let lock = lock_dir(&dir)?;
         let key = load_or_create_key(&dir)?;
         let inner = Arc::new(BrokerInner {
+            _lock: lock,
             dir: dir.clone(),
             options,
             key,
@@ -1623,6 +1628,22 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BrokerError
     std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Takes the data directory's exclusive lock (`LOCK`, an flock: the kernel drops it when
+/// the holder exits, `kill -9` included), or says who has it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, BrokerError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BrokerError::DirectoryInUse(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
 }
 
 fn load_or_create_key(dir: &Path) -> Result<ReceiptKey, BrokerError> {

@@ -39,6 +39,9 @@ pub enum BrokerError {
     /// and a retry with the same producer sequence or id settles it.
     #[error("the broker is shutting down: {0}")]
     ShuttingDown(String),
+    /// Another broker (in this process or another) has the data directory open.
+    #[error("data directory {} is in use by another broker (its LOCK file is locked)", .0.display())]
+    DirectoryInUse(std::path::PathBuf),
 }
 
 impl BrokerError {
@@ -59,6 +62,7 @@ impl BrokerError {
             BrokerError::Storage(_) => "storage_failure",
             BrokerError::TopicFailed(_) => "topic_failed",
             BrokerError::ShuttingDown(_) => "shutting_down",
+            BrokerError::DirectoryInUse(_) => "directory_in_use",
         }
     }
 }

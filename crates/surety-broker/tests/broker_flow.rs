@@ -604,3 +604,18 @@ async fn a_cancelled_publish_does_not_hang_its_retry() {
     let end: u64 = b.describe("t").await.unwrap().end_offsets.iter().sum();
     assert_eq!(end, 160);
 }
+
+/// Two brokers on one directory would append to the same logs behind each other's back:
+/// the second open is refused until the first broker is gone.
+#[tokio::test]
+async fn a_data_directory_is_opened_by_one_broker_at_a_time() {
+    let env = Env::new();
+    let first = env.open();
+    let second = Broker::open(env.dir.path(), BrokerOptions::default());
+    match second {
+        Err(e @ BrokerError::DirectoryInUse(_)) => assert_eq!(e.code(), "directory_in_use"),
+        other => panic!("expected directory_in_use, got {other:?}"),
+    }
+    drop(first);
+    env.open();
+}

@@ -206,3 +206,21 @@ fn bad_config_fails_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listn"), "{stderr}");
 }
+
+/// A second server on a data directory in use must refuse to start, with a readable
+/// error, rather than append to the same logs as the first.
+#[test]
+fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = serve(dir.path(), &["--listen", "127.0.0.1:0", "--data", "d"], &[]);
+    let second = Command::new(env!("CARGO_BIN_EXE_surety"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data", "d"])
+        .current_dir(dir.path())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(stderr.contains("is in use by another broker"), "{stderr}");
+    first.terminate();
+}
