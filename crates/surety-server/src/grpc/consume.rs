@@ -93,7 +93,7 @@ pub(super) async fn start(
         tx,
         shutdown,
     });
-    tokio::spawn(session.read(inbound, window));
+    tokio::spawn(session.read(inbound));
     Ok(ReceiverStream::new(rx))
 }
 
@@ -104,11 +104,7 @@ enum Settle {
 
 impl Session {
     /// The reader: runs until the client's stream ends, then stops the fetcher.
-    async fn read(
-        self: Arc<Self>,
-        mut inbound: Streaming<proto::ConsumeRequest>,
-        mut window: usize,
-    ) {
+    async fn read(self: Arc<Self>, mut inbound: Streaming<proto::ConsumeRequest>) {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(self.clone().fetch(stopped));
         let mut shutdown = self.shutdown.clone();
@@ -123,9 +119,10 @@ impl Session {
             };
             match req.kind {
                 Some(In::Credit(c)) => {
+                    // Only the reader changes the window, so load-then-store is exact.
+                    let window = self.window.load(Ordering::Relaxed);
                     let n = (c.n as usize).min(MAX_WINDOW - window);
-                    window += n;
-                    self.window.store(window, Ordering::Relaxed);
+                    self.window.store(window + n, Ordering::Relaxed);
                     self.credits.add_permits(n);
                 }
                 Some(In::Ack(a)) => {
