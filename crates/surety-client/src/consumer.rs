@@ -375,8 +375,8 @@ impl Run<'_> {
                 }
                 Event::Response(Ok(Some(_))) => {}
                 Event::Response(Ok(None)) => {
-                    let status = tonic::Status::unavailable("the server ended the stream");
-                    return self.broken(status.into(), made_progress);
+                    let e = ServerError::unavailable("the server ended the stream");
+                    return self.broken(e, made_progress);
                 }
                 Event::Response(Err(status)) => {
                     return self.broken(ServerError::broken_stream(status), made_progress);

@@ -53,26 +53,23 @@ impl Pipeline {
     /// One attempt: the server's answer, or why there was none.
     pub(crate) async fn publish(&self, publish: proto::PublishRequest) -> Answer {
         let (answer, answered) = oneshot::channel();
-        let mut call = Call {
+        let call = Call {
             request: proto::PublishStreamRequest {
                 request_id: self.next_request_id.fetch_add(1, Ordering::Relaxed),
                 publish: Some(publish),
             },
             answer,
         };
-        // A session that ended since it was last used refuses the call; open a new one.
-        for _ in 0..2 {
-            match self.sender().send(call) {
-                Ok(()) => break,
-                Err(refused) => {
-                    call = refused.0;
-                    self.session.lock().unwrap().take();
-                }
-            }
+        // A session that ended between `sender`'s check and the send refuses the call;
+        // `sender` then opens a new one. A call refused twice is dropped here, with its
+        // answer sender, so the wait below ends as unavailable (and is retried).
+        let refused = self.sender().send(call).err();
+        if let Some(refused) = refused {
+            let _ = self.sender().send(refused.0);
         }
         answered.await.unwrap_or_else(|_| {
-            Err(unavailable(
-                "the publish stream closed before answering".into(),
+            Err(ServerError::unavailable(
+                "the publish stream closed before answering",
             ))
         })
     }
@@ -121,7 +118,7 @@ async fn run_session(client: Client, mut calls: mpsc::UnboundedReceiver<Call>) {
                 Some(call) => {
                     waiting.insert(call.request.request_id, call.answer);
                     if requests.send(call.request).is_err() {
-                        break unavailable("the publish stream closed".into());
+                        break ServerError::unavailable("the publish stream closed");
                     }
                 }
                 None => producer_gone = true,
@@ -132,7 +129,7 @@ async fn run_session(client: Client, mut calls: mpsc::UnboundedReceiver<Call>) {
                         let _ = answer.send(outcome(r.outcome));
                     }
                 }
-                Ok(None) => break unavailable("the server ended the publish stream".into()),
+                Ok(None) => break ServerError::unavailable("the server ended the publish stream"),
                 Err(status) => break ServerError::broken_stream(status),
             },
         }
@@ -160,13 +157,5 @@ fn outcome(outcome: Option<Outcome>) -> Answer {
             code: None,
             message: "the server answered a publish with neither a result nor an error".into(),
         }),
-    }
-}
-
-fn unavailable(message: String) -> ServerError {
-    ServerError {
-        grpc: Code::Unavailable,
-        code: None,
-        message,
     }
 }

@@ -46,6 +46,15 @@ impl ServerError {
         e
     }
 
+    /// The way to the server is gone (a stream ended or closed): retrying can help.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            grpc: Code::Unavailable,
+            code: None,
+            message: message.into(),
+        }
+    }
+
     /// A call that ran out of the time this client gave it.
     pub(crate) fn timed_out(what: &str) -> Self {
         Self {
