@@ -54,8 +54,8 @@ rate measured in the same run.
 
 Unless --server is given, starts `surety serve` (this binary) on 127.0.0.1 with a fresh data
 directory inside --dir, and stops it with SIGTERM at the end. Every topic is created with
---partitions partitions and the default config (fsync durability: a publish is acked once on disk);
-payloads are 1 KiB.
+--partitions partitions and the default config (fsync durability: a publish is acked once
+on disk); payloads are 1 KiB.
 
 1. The log alone: LogConfig::default() appended to by 256 tokio tasks in a closed loop, as
    in `surety bench log` (always in-process, on --dir).
@@ -65,8 +65,9 @@ payloads are 1 KiB.
    end-to-end latency (the publish instant travels in the payload's first 8 bytes) and
    returns Ok, after which the client acks. At most --backlog messages are published and
    not yet handled: producers wait for room, so publishing runs at the pace consumers
-   sustain and the end-to-end latency is that of a steady pipeline. Reports messages handled per second, the publish-ack latency per publish call and
-   the end-to-end latency per message (publish start to handler run).
+   sustain and the end-to-end latency is that of a steady pipeline. Reports messages
+   handled per second, the publish-ack latency per publish call and the end-to-end latency
+   per message (publish start to handler run).
 3. Open loop: the producers publish single messages on a 1 ms timer at --rate messages per
    second in total, without waiting for acks; reports the publish-ack latency per message
    (p50, p99, p999), how late sends left against their schedule, and whether the server
@@ -149,6 +150,13 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     out: OutputArgs,
+}
+
+impl ServerArgs {
+    /// The backlog bound in force: at least one batch, or no producer could ever publish.
+    fn effective_backlog(&self) -> usize {
+        self.backlog.max(self.batch)
+    }
 }
 
 /// Everything one run produced; this is also the `--json` output.
@@ -342,7 +350,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
             producers: args.producers,
             consumers: args.consumers,
             consumer_window: args.window as u32,
-            backlog: args.backlog.max(args.batch),
+            backlog: args.effective_backlog(),
             publish_batch: args.batch,
             offered_rate: args.rate,
             runtime_worker_threads: runtime_workers(),
@@ -627,8 +635,7 @@ async fn closed_loop(
         phase: AtomicU8::new(WARMING),
         epoch: Instant::now(),
         handled: AtomicU64::new(0),
-        // At least one batch, or no producer could ever publish.
-        backlog: tokio::sync::Semaphore::new(args.backlog.max(args.batch)),
+        backlog: tokio::sync::Semaphore::new(args.effective_backlog()),
         publish: Mutex::new(latency_histogram()),
         end_to_end: Mutex::new(latency_histogram()),
     });
