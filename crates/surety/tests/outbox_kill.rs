@@ -14,14 +14,16 @@
 //! nondeterministic). Needs Postgres at 127.0.0.1:5432 (database `test`): fails under
 //! `CI=true` without it, skips otherwise.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Rng, listen_addr, ready_line};
 use sqlx::postgres::PgPoolOptions;
 use surety_client::{Client, Consumer, Delivery};
 
@@ -44,23 +46,6 @@ type Backend = (
     Option<String>,
 );
 
-/// splitmix64: enough randomness for a test, and no extra dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo)
-    }
-}
-
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -82,26 +67,9 @@ impl Serve {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let line = rx.recv_timeout(READY_TIMEOUT).expect("serve ready line");
-        let addr = line
-            .trim_end()
-            .strip_prefix("surety listening on http://")
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
-            .to_owned();
-        Serve {
-            child,
-            url: format!("http://{addr}"),
-        }
+        let line = ready_line(&mut child, READY_TIMEOUT).expect("serve ready line");
+        let url = format!("http://{}", listen_addr(&line));
+        Serve { child, url }
     }
 }
 

@@ -1,10 +1,11 @@
 //! Runs the built `surety serve` binary: waits for its ready line, talks HTTP to it,
 //! stops it with SIGTERM and expects exit 0; checks where its settings come from.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -30,33 +31,19 @@ fn serve(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
     }
     cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let ready_line = match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(line) if !line.is_empty() => line.trim_end().to_owned(),
-        _ => {
-            let _ = child.kill();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("no ready line; stderr:\n{err}");
-        }
+    let Some(ready_line) = common::ready_line(&mut child, Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("no ready line; stderr:\n{err}");
     };
-    let addr = ready_line
-        .strip_prefix("surety listening on http://")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("unexpected ready line {ready_line:?}"));
     Serve {
-        base: format!("http://{addr}"),
+        base: format!("http://{}", common::listen_addr(&ready_line)),
         child,
         ready_line,
     }

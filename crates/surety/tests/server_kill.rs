@@ -23,16 +23,18 @@
 //! `SURETY_SERVER_KILL_SEED` replays this test's random choices (kill instants, outages,
 //! which cycles consume, batch sizes; scheduling stays nondeterministic).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Rng, listen_addr, ready_line};
 use surety_broker::{Broker, BrokerOptions};
 use surety_client::{
     Client, ConsumeError, Consumer, ConsumerStats, Delivery, Message, Producer, PublishError,
@@ -54,29 +56,6 @@ const SIGKILL: i32 = 9;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Key = (u32, u64); // (partition, offset)
-
-/// splitmix64: enough randomness for a test, and no extra dependency.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo)
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.range(0, 100) < p
-    }
-}
 
 fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|s| {
@@ -136,28 +115,15 @@ fn start_server(data: &Path, port: u16, log: PathBuf) -> ServerProc {
         }
     }
     let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(line) if !line.is_empty() => line.trim_end().to_owned(),
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "surety serve on port {port} printed no ready line; stderr:\n{}",
-                tail(&log)
-            );
-        }
+    let Some(line) = ready_line(&mut child, READY_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "surety serve on port {port} printed no ready line; stderr:\n{}",
+            tail(&log)
+        );
     };
-    let addr = line
-        .strip_prefix("surety listening on http://")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
+    let addr = listen_addr(&line);
     assert_eq!(addr, format!("127.0.0.1:{port}"), "ready line {line:?}");
     ServerProc {
         child,
