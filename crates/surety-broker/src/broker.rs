@@ -8,18 +8,25 @@
 //! topics/<topic>/topic.json         configuration
 //! topics/<topic>/p<N>/              partition N: a surety-log
 //! topics/<topic>/journal/           group journal: a surety-log of group events
-//! topics/<topic>/dlq/<group>/       dead letters of one group: a surety-log
+//! topics/<topic>/dlq/<group>/       dead letters of one group: a surety-log, created with
+//!                                   the group's first dead letter
+//! trash/                            deleted topics on their way out (emptied at open)
 //! ```
+//!
+//! Leases run out on their own: every group with a lease is scheduled at its earliest
+//! expiry, and [`Broker::expire_due`] (run by [`Broker::spawn_sweeper`] on a timer set to
+//! the next due time) expires them and applies `max_deliveries`, so in-flight counts,
+//! dead letters and metrics are right with no consumer attached.
 //!
 //! Write order is what makes a crash safe: a dead letter's copy is durable in the DLQ
 //! before the journal says the message left the group; a resent message is durable in the
 //! partition before the journal removes its dead letter. A crash between the two steps
 //! can only repeat work (a second dead-letter copy, a second resend), never lose it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use surety_log::{Header, Log, LogConfig, NewRecord, RetentionPolicy};
@@ -31,6 +38,7 @@ use crate::codec::{
 use crate::dedupe::{Begin, DedupeKey, DedupeTable, StoredKey};
 use crate::error::BrokerError;
 use crate::group::{Event, FreshMessage, GroupPartition, GroupStats, Lease, Millis, Settled};
+use crate::limits;
 use crate::message::{Lineage, PublishMessage, StoredMessage};
 use crate::receipt::{ReceiptData, ReceiptKey};
 use crate::topic::{
@@ -115,6 +123,139 @@ enum BatchMode {
     Each,
 }
 
+/// Where a new consumer group starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartAt {
+    /// At the oldest message still stored: the group sees everything retained.
+    #[default]
+    Earliest,
+    /// After the last message stored now: the group sees only what comes next.
+    Latest,
+}
+
+/// Where a seek moves a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    /// Every partition to its oldest retained message.
+    Earliest,
+    /// Every partition past its last message.
+    Latest,
+    /// One partition to an offset (clamped to what the partition retains).
+    Offset { partition: u32, offset: u64 },
+    /// Every partition to its first message stored at or after this time (the broker's
+    /// append time, ms since the Unix epoch).
+    Timestamp(Millis),
+}
+
+/// What a seek did to one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSeek {
+    pub partition: u32,
+    /// The group's lowest unsettled offset before the seek.
+    pub from: u64,
+    pub to: u64,
+    /// Unsettled messages passed over (settled without delivery; counted, never silent).
+    pub skipped: u64,
+    /// Settled messages that will be delivered again.
+    pub replayed: u64,
+}
+
+/// What a seek did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SeekOutcome {
+    pub skipped: u64,
+    pub replayed: u64,
+    pub partitions: Vec<PartitionSeek>,
+}
+
+/// What deleting a group dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupDeleted {
+    /// Messages the group had not acked or dead-lettered (its lag).
+    pub unsettled: u64,
+    pub dead_letters: u64,
+}
+
+/// What deleting a topic dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicDeleted {
+    /// Messages stored in its partitions.
+    pub messages: u64,
+    pub groups: u64,
+    /// Summed over its groups.
+    pub unsettled: u64,
+    pub dead_letters: u64,
+}
+
+/// Messages read without delivering them (`Broker::peek`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peek {
+    pub partition: u32,
+    pub messages: Vec<StoredMessage>,
+    /// Where the next page starts.
+    pub next_offset: u64,
+    pub start_offset: u64,
+    pub end_offset: u64,
+}
+
+/// One page of a group's dead letters, read one at a time as it is iterated (so a page
+/// of large dead letters is never all in memory at once). The page ends after `limit`
+/// dead letters or [`limits::PAGE_BYTES`] of payload; [`DeadLetterPage::next_cursor`]
+/// then says where the next page starts.
+pub struct DeadLetterPage {
+    group: String,
+    dlq: Option<Arc<Log>>,
+    ids: VecDeque<u64>,
+    /// Live dead letters remain after `ids`.
+    more: bool,
+    bytes: usize,
+    last: Option<u64>,
+}
+
+impl std::fmt::Debug for DeadLetterPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterPage")
+            .field("group", &self.group)
+            .field("ids", &self.ids)
+            .field("more", &self.more)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetterPage {
+    /// After iterating: the id to pass as `after` for the next page, if there is one.
+    pub fn next_cursor(&self) -> Option<u64> {
+        if self.more || !self.ids.is_empty() {
+            self.last
+        } else {
+            None
+        }
+    }
+}
+
+impl Iterator for DeadLetterPage {
+    type Item = Result<DeadLetter, BrokerError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let dlq = self.dlq.as_ref()?;
+        if self.bytes >= limits::PAGE_BYTES {
+            return None;
+        }
+        while let Some(id) = self.ids.pop_front() {
+            match dlq.read(id) {
+                Ok(Some(r)) => {
+                    self.bytes += r.payload.len();
+                    self.last = Some(id);
+                    return Some(Ok(dead_letter_from(&self.group, r)));
+                }
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        None
+    }
+}
+
 /// Which dead letters a resend or purge applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -166,8 +307,13 @@ struct BrokerInner {
     options: BrokerOptions,
     key: ReceiptKey,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Serializes topic creation and reconfiguration.
+    /// Serializes topic creation, reconfiguration and deletion.
     admin: Mutex<()>,
+    /// Groups with leases, by their earliest lease expiry: (due, topic, group).
+    sweeps: std::sync::Mutex<BTreeSet<(Millis, String, String)>>,
+    /// Woken when a group is scheduled earlier than everything before it. Shared with
+    /// the sweeper task, which holds the broker only weakly.
+    sweep_wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for BrokerInner {
@@ -200,7 +346,12 @@ const SNAPSHOT_FILE: &str = "groups.snapshot";
 struct Group {
     name: String,
     parts: Vec<GroupPartition>,
-    dlq: Log,
+    /// Opened (and its directory created) with the first dead letter.
+    dlq: Option<Arc<Log>>,
+    /// Set by `delete_group` under this lock: whoever locks it later must not use it.
+    deleted: bool,
+    /// The expiry this group is scheduled at in `BrokerInner::sweeps`.
+    sweep_at: Option<Millis>,
     /// Live dead letters: DLQ offset → (partition, offset).
     dead_letters: BTreeMap<u64, (u32, u64)>,
     purged: u64,
@@ -213,6 +364,8 @@ const J_CREATE: &[u8] = b"c";
 const J_EVENTS: &[u8] = b"e";
 const J_RESENT: &[u8] = b"r";
 const J_PURGED: &[u8] = b"p";
+/// The group was deleted: replay forgets it (a later `c` record starts it anew).
+const J_DELETED: &[u8] = b"d";
 /// Written by compaction; carries nothing, replay skips it.
 const J_SNAPSHOT_MARK: &[u8] = b"s";
 
@@ -229,9 +382,14 @@ impl Broker {
     /// Opens (or creates) a broker in `dir`, recovering every topic.
     pub fn open(dir: impl AsRef<Path>, options: BrokerOptions) -> Result<Broker, BrokerError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(dir.join("topics"))?;
+        create_dirs(&dir.join("topics"))?;
         let lock = lock_dir(&dir)?;
         let key = load_or_create_key(&dir)?;
+        // Deleted topics whose removal a crash interrupted: already gone from `topics/`.
+        match std::fs::remove_dir_all(dir.join(TRASH_DIR)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let inner = Arc::new(BrokerInner {
             _lock: lock,
             dir: dir.clone(),
@@ -239,6 +397,8 @@ impl Broker {
             key,
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
+            sweeps: std::sync::Mutex::new(BTreeSet::new()),
+            sweep_wake: Arc::new(Notify::new()),
         });
         let broker = Broker { inner };
         let mut names: Vec<String> = std::fs::read_dir(dir.join("topics"))?
@@ -257,6 +417,13 @@ impl Broker {
             })?;
             let topic = broker.open_topic(&name, tdir, config)?;
             broker.inner.topics.write().unwrap().insert(name, topic);
+        }
+        // Leases taken before the restart expire on the sweeper's first pass.
+        for topic in broker.inner.topics.read().unwrap().values() {
+            let groups = topic.groups.try_lock().expect("not shared yet");
+            for g in groups.values() {
+                broker.reschedule(topic, &mut g.try_lock().expect("not shared yet"));
+            }
         }
         Ok(broker)
     }
@@ -360,7 +527,9 @@ impl Broker {
                     groups.insert(
                         gs.name.clone(),
                         Group {
-                            dlq: self.open_dlq(topic, &gs.name)?,
+                            dlq: None,
+                            deleted: false,
+                            sweep_at: None,
                             name: gs.name,
                             parts,
                             dead_letters: gs
@@ -398,7 +567,6 @@ impl Broker {
                             .chunks_exact(8)
                             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
                             .collect();
-                        let dlq = self.open_dlq(topic, &group)?;
                         groups.insert(
                             group.clone(),
                             Group {
@@ -407,7 +575,9 @@ impl Broker {
                                     .iter()
                                     .map(|&s| GroupPartition::new(policy.clone(), s))
                                     .collect(),
-                                dlq,
+                                dlq: None,
+                                deleted: false,
+                                sweep_at: None,
                                 dead_letters: BTreeMap::new(),
                                 purged: 0,
                                 resent: 0,
@@ -431,6 +601,11 @@ impl Broker {
                             })?;
                         }
                     }
+                    Some(J_DELETED) => {
+                        groups.remove(&group);
+                        removed.remove(&group);
+                        dlq_next.remove(&group);
+                    }
                     Some(kind @ (J_RESENT | J_PURGED)) => {
                         let entry = removed.entry(group).or_default();
                         for c in r.payload.chunks_exact(8) {
@@ -452,21 +627,35 @@ impl Broker {
             }
         }
         let partitions = topic.partitions.read().unwrap().len();
+        let dlq_root = topic.dir.join("dlq");
         for (name, g) in groups.iter_mut() {
             ensure_parts(&mut g.parts, partitions, &policy);
             let (gone, resent, purged) = removed.remove(name).unwrap_or_default();
             g.resent += resent;
             g.purged += purged;
-            let from = dlq_next
-                .get(name)
-                .copied()
-                .unwrap_or(0)
-                .max(g.dlq.start_offset());
-            for r in read_from_on(&g.dlq, from)? {
-                g.dead_letters
-                    .insert(r.offset, dead_letter_meta(&r.headers));
+            if dlq_root.join(name).is_dir() {
+                let dlq = self.open_dlq(topic, name)?;
+                let from = dlq_next
+                    .get(name)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(dlq.start_offset());
+                for r in read_from_on(&dlq, from)? {
+                    g.dead_letters
+                        .insert(r.offset, dead_letter_meta(&r.headers));
+                }
+                g.dlq = Some(dlq);
             }
             g.dead_letters.retain(|id, _| !gone.contains(id));
+        }
+        // Dead-letter logs of deleted groups whose removal a crash interrupted.
+        if let Ok(entries) = std::fs::read_dir(&dlq_root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !groups.contains_key(&name) {
+                    std::fs::remove_dir_all(e.path())?;
+                }
+            }
         }
         let mut map = topic.groups.try_lock().expect("topic not shared yet");
         for (name, g) in groups {
@@ -502,18 +691,27 @@ impl Broker {
         Ok(())
     }
 
-    fn open_dlq(&self, topic: &Topic, group: &str) -> Result<Log, BrokerError> {
+    /// Opens (creating it if needed) a group's dead-letter log.
+    fn open_dlq(&self, topic: &Topic, group: &str) -> Result<Arc<Log>, BrokerError> {
         let cfg = self.log_config(&topic.config.read().unwrap());
-        Ok(Log::open_dir(
-            topic.dir.join("dlq").join(group),
+        let root = topic.dir.join("dlq");
+        if !root.is_dir() {
+            create_dirs(&root)?;
+            sync_dir(&topic.dir)?;
+        }
+        let log = Log::open_dir(
+            root.join(group),
             LogConfig {
                 durability: surety_log::Durability::Fsync,
                 ..cfg
             },
-        )?)
+        )?;
+        sync_dir(&root)?;
+        Ok(Arc::new(log))
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        validate_topic_name(name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
         let topic = self
             .inner
             .topics
@@ -546,7 +744,7 @@ impl Broker {
                     .validate()
                     .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
                 let dir = self.inner.dir.join("topics").join(name);
-                std::fs::create_dir_all(&dir)?;
+                create_dirs(&dir)?;
                 let topic = self.open_topic(name, dir.clone(), config.clone())?;
                 // The config file is written last: a topic without it was never created.
                 write_durably(
@@ -656,10 +854,12 @@ impl Broker {
         messages: Vec<PublishMessage>,
     ) -> Result<Vec<PublishResult>, BrokerError> {
         let topic = self.topic(topic_name)?;
+        limits::check_publish_batch(messages.len())?;
         let config = topic.config.read().unwrap().clone();
         let now = self.now();
         for m in &messages {
             m.validate()?;
+            limits::check_not_before(m.not_before, now)?;
             let size = m.size();
             if size > config.max_message_bytes as usize {
                 return Err(BrokerError::MessageTooLarge {
@@ -793,16 +993,44 @@ impl Broker {
         Ok(topic.groups.lock().await.get(name).cloned())
     }
 
-    /// The group, created on first fetch.
-    async fn group(&self, topic: &Topic, name: &str) -> Result<Arc<Mutex<Group>>, BrokerError> {
+    /// The group, locked, or `GroupNotFound` (also when it was deleted meanwhile).
+    async fn locked_group(
+        &self,
+        topic: &Topic,
+        name: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Group>, BrokerError> {
+        let not_found = || BrokerError::GroupNotFound {
+            topic: topic.name.clone(),
+            group: name.to_owned(),
+        };
+        let group = self.existing_group(topic, name).await?.ok_or_else(not_found)?;
+        let g = group.lock_owned().await;
+        if g.deleted {
+            return Err(not_found());
+        }
+        Ok(g)
+    }
+
+    /// The group, created on first use (a fetch, or `create_group`) at `start`.
+    async fn group(
+        &self,
+        topic: &Topic,
+        name: &str,
+        start: StartAt,
+    ) -> Result<(Arc<Mutex<Group>>, bool), BrokerError> {
         validate_group_name(name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
         let mut groups = topic.groups.lock().await;
         if let Some(g) = groups.get(name) {
-            return Ok(g.clone());
+            return Ok((g.clone(), false));
         }
-        // Created on first use, at the earliest message still stored.
         let partitions = topic.partitions.read().unwrap().clone();
-        let starts: Vec<u64> = partitions.iter().map(|l| l.start_offset()).collect();
+        let starts: Vec<u64> = partitions
+            .iter()
+            .map(|l| match start {
+                StartAt::Earliest => l.start_offset(),
+                StartAt::Latest => l.durable_end(),
+            })
+            .collect();
         let payload: Vec<u8> = starts.iter().flat_map(|s| s.to_le_bytes()).collect();
         let rec = NewRecord {
             key: Some(name.as_bytes().to_vec()),
@@ -810,7 +1038,6 @@ impl Broker {
             payload,
             timestamp_ms: self.now() as i64,
         };
-        let dlq = self.open_dlq(topic, name)?;
         self.durable(topic, topic.journal.submit(vec![rec])).await?;
         let policy = topic.config.read().unwrap().group_policy();
         let g = Arc::new(Mutex::new(Group {
@@ -819,13 +1046,128 @@ impl Broker {
                 .iter()
                 .map(|&s| GroupPartition::new(policy.clone(), s))
                 .collect(),
-            dlq,
+            dlq: None,
+            deleted: false,
+            sweep_at: None,
             dead_letters: BTreeMap::new(),
             purged: 0,
             resent: 0,
         }));
         groups.insert(name.to_owned(), g.clone());
-        Ok(g)
+        Ok((g, true))
+    }
+
+    /// Schedules the group's sweep at its earliest lease expiry (or unschedules it), after
+    /// any change to its leases. Called with the group lock held.
+    fn reschedule(&self, topic: &Topic, g: &mut Group) {
+        let due = g
+            .parts
+            .iter()
+            .filter_map(GroupPartition::next_lease_expiry)
+            .min()
+            .filter(|_| !g.deleted);
+        if due == g.sweep_at {
+            return;
+        }
+        let mut sweeps = self.inner.sweeps.lock().unwrap();
+        if let Some(old) = g.sweep_at.take() {
+            sweeps.remove(&(old, topic.name.clone(), g.name.clone()));
+        }
+        if let Some(due) = due {
+            let earliest = sweeps.first().is_none_or(|(t, _, _)| due < *t);
+            sweeps.insert((due, topic.name.clone(), g.name.clone()));
+            g.sweep_at = Some(due);
+            if earliest {
+                self.inner.sweep_wake.notify_one();
+            }
+        }
+    }
+
+    /// Expires every lease that ran out by now, in every topic and group, applying
+    /// `max_deliveries` (a message out of deliveries goes to the dead letters with the
+    /// reason "lease expired"). Returns when the next lease runs out, if any is held.
+    pub async fn expire_due(&self) -> Result<Option<Millis>, BrokerError> {
+        let now = self.now();
+        let mut first_error = None;
+        loop {
+            let due: Vec<(Millis, String, String)> = {
+                let mut sweeps = self.inner.sweeps.lock().unwrap();
+                let mut due = Vec::new();
+                while sweeps.first().is_some_and(|(t, _, _)| *t <= now) {
+                    due.push(sweeps.pop_first().expect("checked"));
+                }
+                due
+            };
+            if due.is_empty() {
+                break;
+            }
+            for (_, topic_name, group_name) in due {
+                if let Err(e) = self.expire_group(&topic_name, &group_name, now).await {
+                    tracing::warn!(topic = topic_name, group = group_name, error = %e, "lease sweep failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(self.inner.sweeps.lock().unwrap().first().map(|(t, _, _)| *t))
+    }
+
+    async fn expire_group(&self, topic_name: &str, group_name: &str, now: Millis) -> Result<(), BrokerError> {
+        let topic = match self.topic(topic_name) {
+            Ok(t) => t,
+            // Deleted since it was scheduled: nothing left to expire.
+            Err(BrokerError::TopicNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut g = match self.locked_group(&topic, group_name).await {
+            Ok(g) => g,
+            Err(BrokerError::GroupNotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // The entry was popped: whatever happens next, the group is scheduled anew.
+        g.sweep_at = None;
+        let mut events = Vec::new();
+        for (p, part) in g.parts.iter_mut().enumerate() {
+            events.extend(part.plan_expiry(now).into_iter().map(|e| (p as u32, e)));
+        }
+        if events.is_empty() {
+            self.reschedule(&topic, &mut g);
+            return Ok(());
+        }
+        self.commit(&topic, &mut g, events).await
+    }
+
+    /// Runs [`Self::expire_due`] in a task until the broker is dropped: it sleeps until
+    /// the next lease runs out, or until a lease earlier than that is taken. Holds only a
+    /// weak reference, so it never keeps a closed broker's directory locked.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<BrokerInner> = Arc::downgrade(&self.inner);
+        let wake = self.inner.sweep_wake.clone();
+        tokio::spawn(async move {
+            // Bounds a sleep across clock steps, and retries after a failed sweep.
+            const MAX_SLEEP: Duration = Duration::from_secs(1);
+            loop {
+                // Armed before the sweep, so a lease taken during it wakes the next wait.
+                let notified = wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let sleep = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let broker = Broker { inner };
+                    match broker.expire_due().await {
+                        Ok(Some(next)) => Duration::from_millis(next.saturating_sub(broker.now()))
+                            .min(MAX_SLEEP),
+                        Ok(None) | Err(_) => MAX_SLEEP,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+            }
+        })
     }
 
     /// Awaits a journal or DLQ append; a failure stops the topic, because the in-memory
@@ -839,11 +1181,7 @@ impl Broker {
             Ok(t) => t.await,
             Err(e) => Err(e),
         };
-        outcome.map_err(|e| {
-            let _ = topic.failed.set(e.to_string());
-            tracing::error!(topic = %topic.name, error = %e, "group state write failed; topic stopped");
-            BrokerError::TopicFailed(topic.name.clone())
-        })
+        outcome.map_err(|e| fail_topic(topic, &e))
     }
 
     /// Makes a group's events durable: dead-letter copies first, then the journal.
@@ -916,11 +1254,24 @@ impl Broker {
             }
         }
         if !copies.is_empty() {
-            let range = self.durable(topic, g.dlq.submit(copies)).await?;
+            let dlq = match &g.dlq {
+                Some(dlq) => dlq.clone(),
+                None => {
+                    let dlq = match self.open_dlq(topic, &g.name) {
+                        Ok(dlq) => dlq,
+                        // The events are applied in memory already: like a failed write.
+                        Err(e) => return Err(fail_topic(topic, &e)),
+                    };
+                    g.dlq = Some(dlq.clone());
+                    dlq
+                }
+            };
+            let range = self.durable(topic, dlq.submit(copies)).await?;
             for (id, where_) in range.zip(placed) {
                 g.dead_letters.insert(id, where_);
             }
         }
+        self.reschedule(topic, g);
         let record = NewRecord {
             timestamp_ms: 0,
             key: Some(g.name.as_bytes().to_vec()),
@@ -944,8 +1295,12 @@ impl Broker {
         wait: Duration,
         lease: Option<Duration>,
     ) -> Result<Vec<Delivery>, BrokerError> {
+        limits::check_fetch(max, wait.as_millis().try_into().unwrap_or(u64::MAX))?;
+        if let Some(lease) = lease {
+            limits::check_lease_ms(lease.as_millis().try_into().unwrap_or(u64::MAX))?;
+        }
         let topic = self.topic(topic_name)?;
-        let group = self.group(&topic, group_name).await?;
+        let (group, _) = self.group(&topic, group_name, StartAt::Earliest).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = topic.published.notified();
@@ -981,6 +1336,12 @@ impl Broker {
             .max(1);
         let partitions = topic.partitions.read().unwrap().clone();
         let mut g = group.lock().await;
+        if g.deleted {
+            return Err(BrokerError::GroupNotFound {
+                topic: topic.name.clone(),
+                group: g.name.clone(),
+            });
+        }
         let policy = config.group_policy();
         ensure_parts(&mut g.parts, partitions.len(), &policy);
         let now = self.now();
@@ -1080,10 +1441,32 @@ impl Broker {
         delay: Duration,
         reason: &str,
     ) -> Result<usize, BrokerError> {
-        let delay_ms = delay.as_millis() as u64;
+        let delay_ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
+        limits::check_nack(delay_ms, reason)?;
         self.settle(topic_name, group_name, receipts, |part, now, d| {
             part.plan_nack(now, d.offset, d.delivery, delay_ms, reason.to_owned())
         })
+        .await
+    }
+
+    /// [`Self::nack`], each receipt on its own (see [`Self::ack_each`]).
+    pub async fn nack_each(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        receipts: &[String],
+        delay: Duration,
+        reason: &str,
+    ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
+        let delay_ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
+        limits::check_nack(delay_ms, reason)?;
+        self.settle_batch(
+            topic_name,
+            group_name,
+            receipts,
+            BatchMode::Each,
+            |part, now, d| part.plan_nack(now, d.offset, d.delivery, delay_ms, reason.to_owned()),
+        )
         .await
     }
 
@@ -1169,6 +1552,10 @@ impl Broker {
             return Ok(verified.into_iter().map(|v| v.map(|_| false)).collect());
         };
         let mut g = group.lock().await;
+        if g.deleted {
+            // Its deliveries went with it: settling them changes nothing.
+            return Ok(verified.into_iter().map(|v| v.map(|_| false)).collect());
+        }
         let now = self.now();
         let checked: Vec<Result<ReceiptData, BrokerError>> = verified
             .into_iter()
@@ -1208,24 +1595,63 @@ impl Broker {
         Ok(outcomes)
     }
 
-    /// The group's live dead letters, oldest first.
+    /// All of the group's live dead letters, oldest first (every page; for small queues
+    /// and tests — a front pages with [`Self::dead_letter_page`]).
     pub async fn dead_letters(
         &self,
         topic_name: &str,
         group_name: &str,
     ) -> Result<Vec<DeadLetter>, BrokerError> {
-        let topic = self.topic(topic_name)?;
-        let Some(group) = self.existing_group(&topic, group_name).await? else {
-            return Ok(Vec::new());
-        };
-        let g = group.lock().await;
         let mut out = Vec::new();
-        for &id in g.dead_letters.keys() {
-            if let Some(r) = g.dlq.read(id)? {
-                out.push(dead_letter_from(&g.name, r));
+        let mut after = None;
+        loop {
+            let mut page = self
+                .dead_letter_page(topic_name, group_name, after, limits::MAX_PAGE)
+                .await?;
+            for d in page.by_ref() {
+                out.push(d?);
+            }
+            match page.next_cursor() {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
             }
         }
-        Ok(out)
+    }
+
+    /// One page of the group's live dead letters, oldest first, starting after the id
+    /// `after`: up to `limit` (1 to [`limits::MAX_PAGE`]) of them, fewer once the page
+    /// holds [`limits::PAGE_BYTES`] of payload. They are read as the page is iterated;
+    /// the ids are the live ones at the time of the call.
+    pub async fn dead_letter_page(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, BrokerError> {
+        limits::check("limit", limit as u64, 1, limits::MAX_PAGE as u64)?;
+        let topic = self.topic(topic_name)?;
+        let mut page = DeadLetterPage {
+            group: group_name.to_owned(),
+            dlq: None,
+            ids: VecDeque::new(),
+            more: false,
+            bytes: 0,
+            last: None,
+        };
+        let Some(group) = self.existing_group(&topic, group_name).await? else {
+            return Ok(page);
+        };
+        let g = group.lock().await;
+        if g.deleted {
+            return Ok(page);
+        }
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let mut ids = g.dead_letters.range(from..).map(|(&id, _)| id);
+        page.ids = ids.by_ref().take(limit).collect();
+        page.more = ids.next().is_some();
+        page.dlq = g.dlq.clone();
+        Ok(page)
     }
 
     /// One dead letter by id, if it is live.
@@ -1240,10 +1666,10 @@ impl Broker {
             return Ok(None);
         };
         let g = group.lock().await;
-        if !g.dead_letters.contains_key(&id) {
+        let (false, Some(dlq)) = (g.deleted || !g.dead_letters.contains_key(&id), &g.dlq) else {
             return Ok(None);
-        }
-        Ok(g.dlq.read(id)?.map(|r| dead_letter_from(&g.name, r)))
+        };
+        Ok(dlq.read(id)?.map(|r| dead_letter_from(&g.name, r)))
     }
 
     /// Dedupe counters of a topic (hits, tracked producers and ids, refusals).
@@ -1268,11 +1694,14 @@ impl Broker {
         };
         let mut g = group.lock().await;
         let ids = selected(&g, which);
+        let Some(dlq) = g.dlq.clone() else {
+            return Ok(0);
+        };
         let partitions = topic.partitions.read().unwrap().clone();
         let now = self.now();
         let mut tickets = Vec::new();
         for &id in &ids {
-            let Some(r) = g.dlq.read(id)? else { continue };
+            let Some(r) = dlq.read(id)? else { continue };
             let dl = dead_letter_from(&g.name, r);
             let lineage = Lineage {
                 group: g.name.clone(),
@@ -1367,6 +1796,9 @@ impl Broker {
                 if !config.retention.delete_unsettled {
                     for g in &groups {
                         let g = g.lock().await;
+                        if g.deleted {
+                            continue;
+                        }
                         if let Some(part) = g.parts.get(p) {
                             floor = floor.min(part.committed());
                         }
@@ -1380,6 +1812,9 @@ impl Broker {
                 }
                 for g in &groups {
                     let mut g = g.lock().await;
+                    if g.deleted {
+                        continue;
+                    }
                     if let Some(e) = g
                         .parts
                         .get_mut(p)
@@ -1426,7 +1861,7 @@ impl Broker {
                     name: g.name.clone(),
                     purged: g.purged,
                     resent: g.resent,
-                    dlq_next: g.dlq.durable_end(),
+                    dlq_next: g.dlq.as_ref().map_or(0, |d| d.durable_end()),
                     dead_letters: g
                         .dead_letters
                         .iter()
@@ -1481,6 +1916,238 @@ impl Broker {
         Ok((grown, topic.journal.segment_count()))
     }
 
+    /// Every consumer group of a topic with its lag, in-flight and dead-letter counts.
+    pub async fn groups(&self, topic_name: &str) -> Result<Vec<GroupInfo>, BrokerError> {
+        self.topic(topic_name)?;
+        Ok(self.describe(topic_name).await?.groups)
+    }
+
+    /// One consumer group's figures, or `GroupNotFound`.
+    pub async fn group_info(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+    ) -> Result<GroupInfo, BrokerError> {
+        let topic = self.topic(topic_name)?;
+        let g = self.locked_group(&topic, group_name).await?;
+        Ok(group_info(&g, &end_offsets(&topic)))
+    }
+
+    /// Creates a consumer group at `start` (a group is otherwise created by its first
+    /// fetch, at the earliest message). An existing group is left where it is. Returns
+    /// the group and whether it was created.
+    pub async fn create_group(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        start: StartAt,
+    ) -> Result<(GroupInfo, bool), BrokerError> {
+        let topic = self.topic(topic_name)?;
+        let (group, created) = self.group(&topic, group_name, start).await?;
+        let g = group.lock().await;
+        Ok((group_info(&g, &end_offsets(&topic)), created))
+    }
+
+    /// Deletes a consumer group: its state and its dead letters. Its receipts then settle
+    /// nothing, and retention is no longer held back by it. Returns what was dropped.
+    pub async fn delete_group(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+    ) -> Result<GroupDeleted, BrokerError> {
+        let topic = self.topic(topic_name)?;
+        validate_group_name(group_name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
+        // Held throughout: no fetch can re-create the group half-way.
+        let mut groups = topic.groups.lock().await;
+        let Some(group) = groups.get(group_name).cloned() else {
+            return Err(BrokerError::GroupNotFound {
+                topic: topic.name.clone(),
+                group: group_name.to_owned(),
+            });
+        };
+        let mut g = group.lock().await;
+        let info = group_info(&g, &end_offsets(&topic));
+        let rec = NewRecord {
+            timestamp_ms: self.now() as i64,
+            key: Some(g.name.as_bytes().to_vec()),
+            headers: vec![Header::new("t", J_DELETED.to_vec())],
+            payload: Vec::new(),
+        };
+        // Durable before anything is removed: a crash after it finishes the job at open.
+        self.durable(&topic, topic.journal.submit(vec![rec])).await?;
+        g.deleted = true;
+        g.dead_letters.clear();
+        self.reschedule(&topic, &mut g);
+        if let Some(dlq) = g.dlq.take() {
+            dlq.close();
+            let root = topic.dir.join("dlq");
+            std::fs::remove_dir_all(root.join(&g.name))?;
+            sync_dir(&root)?;
+        }
+        groups.remove(group_name);
+        tracing::info!(topic = topic.name, group = group_name, "group deleted");
+        Ok(GroupDeleted {
+            unsettled: info.lag,
+            dead_letters: info.dead_letters_live,
+        })
+    }
+
+    /// Moves a group's position (replay or skip); counts what it passes over and what it
+    /// will deliver again. In-flight deliveries at or above the new position are
+    /// withdrawn (their receipts settle nothing) and delivered again from count 1.
+    pub async fn seek(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        to: SeekTo,
+    ) -> Result<SeekOutcome, BrokerError> {
+        let topic = self.topic(topic_name)?;
+        let mut g = self.locked_group(&topic, group_name).await?;
+        let partitions = topic.partitions.read().unwrap().clone();
+        let policy = topic.config.read().unwrap().group_policy();
+        ensure_parts(&mut g.parts, partitions.len(), &policy);
+        let bounds = |p: usize| (partitions[p].start_offset(), partitions[p].durable_end());
+        let targets: Vec<(usize, u64)> = match to {
+            SeekTo::Earliest => (0..partitions.len()).map(|p| (p, bounds(p).0)).collect(),
+            SeekTo::Latest => (0..partitions.len()).map(|p| (p, bounds(p).1)).collect(),
+            SeekTo::Offset { partition, offset } => {
+                limits::check(
+                    "partition",
+                    partition.into(),
+                    0,
+                    partitions.len() as u64 - 1,
+                )?;
+                let (start, end) = bounds(partition as usize);
+                vec![(partition as usize, offset.clamp(start, end))]
+            }
+            SeekTo::Timestamp(t) => (0..partitions.len())
+                .map(|p| Ok((p, first_at_or_after(&partitions[p], t)?)))
+                .collect::<Result<_, BrokerError>>()?,
+        };
+        let mut outcome = SeekOutcome::default();
+        let mut events = Vec::new();
+        for (p, to) in targets {
+            let from = g.parts[p].committed();
+            let (e, skipped, replayed) = g.parts[p].plan_seek(to);
+            events.push((p as u32, e));
+            outcome.skipped += skipped;
+            outcome.replayed += replayed;
+            outcome.partitions.push(PartitionSeek {
+                partition: p as u32,
+                from,
+                to,
+                skipped,
+                replayed,
+            });
+        }
+        self.commit(&topic, &mut g, events).await?;
+        drop(g);
+        topic.published.notify_waiters();
+        tracing::info!(
+            topic = topic.name,
+            group = group_name,
+            skipped = outcome.skipped,
+            replayed = outcome.replayed,
+            "group repositioned"
+        );
+        Ok(outcome)
+    }
+
+    /// Deletes a topic with its messages, groups and dead letters. Refused while a group
+    /// has unsettled messages or dead letters, unless `force`. Returns what was dropped.
+    pub async fn delete_topic(
+        &self,
+        topic_name: &str,
+        force: bool,
+    ) -> Result<TopicDeleted, BrokerError> {
+        validate_topic_name(topic_name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
+        let _admin = self.inner.admin.lock().await;
+        let info = self.describe(topic_name).await?;
+        let dropped = TopicDeleted {
+            messages: info
+                .end_offsets
+                .iter()
+                .zip(&info.start_offsets)
+                .map(|(e, s)| e - s)
+                .sum(),
+            groups: info.groups.len() as u64,
+            unsettled: info.groups.iter().map(|g| g.lag).sum(),
+            dead_letters: info.groups.iter().map(|g| g.dead_letters_live).sum(),
+        };
+        if !force && (dropped.unsettled > 0 || dropped.dead_letters > 0) {
+            return Err(BrokerError::TopicBusy {
+                topic: topic_name.to_owned(),
+                unsettled: dropped.unsettled,
+                dead_letters: dropped.dead_letters,
+            });
+        }
+        let Some(topic) = self.inner.topics.write().unwrap().remove(topic_name) else {
+            return Err(BrokerError::TopicNotFound(topic_name.to_owned()));
+        };
+        // Work still holding the topic fails on closed logs from here on.
+        let _ = topic.failed.set("the topic was deleted".into());
+        for log in topic.partitions.read().unwrap().iter() {
+            log.close();
+        }
+        topic.journal.close();
+        for g in topic.groups.lock().await.values() {
+            let mut g = g.lock().await;
+            g.deleted = true;
+            self.reschedule(&topic, &mut g);
+            if let Some(dlq) = g.dlq.take() {
+                dlq.close();
+            }
+        }
+        // One rename takes the topic out of `topics/` for good; the rest is cleanup that
+        // the next open repeats if a crash interrupts it.
+        let trash = self.inner.dir.join(TRASH_DIR);
+        create_dirs(&trash)?;
+        let gone = trash.join(format!("{topic_name}.{}", self.now()));
+        std::fs::rename(&topic.dir, &gone)?;
+        sync_dir(&self.inner.dir.join("topics"))?;
+        std::fs::remove_dir_all(&gone)?;
+        tracing::info!(topic = topic_name, messages = dropped.messages, "topic deleted");
+        Ok(dropped)
+    }
+
+    /// Reads up to `limit` messages of a partition from `offset` (default: its oldest)
+    /// without delivering them: no lease, no delivery count, no group is touched.
+    pub async fn peek(
+        &self,
+        topic_name: &str,
+        partition: u32,
+        offset: Option<u64>,
+        limit: usize,
+    ) -> Result<Peek, BrokerError> {
+        let topic = self.topic(topic_name)?;
+        limits::check("limit", limit as u64, 1, limits::MAX_PEEK as u64)?;
+        let log = {
+            let partitions = topic.partitions.read().unwrap();
+            limits::check(
+                "partition",
+                partition.into(),
+                0,
+                partitions.len() as u64 - 1,
+            )?;
+            partitions[partition as usize].clone()
+        };
+        let (start, end) = (log.start_offset(), log.durable_end());
+        let from = offset.unwrap_or(start).max(start);
+        let messages: Vec<StoredMessage> = log
+            .read_from(from, limit, limits::PAGE_BYTES)?
+            .into_iter()
+            .map(StoredMessage::from_record)
+            .collect();
+        let next_offset = messages.last().map_or(from.min(end), |m| m.offset + 1);
+        Ok(Peek {
+            partition,
+            messages,
+            next_offset,
+            start_offset: start,
+            end_offset: end,
+        })
+    }
+
     /// Closes every log (flushing nothing: every answered write is already durable).
     pub fn close(&self) {
         for topic in self.inner.topics.read().unwrap().values() {
@@ -1490,6 +2157,14 @@ impl Broker {
             topic.journal.close();
         }
     }
+}
+
+/// Stops a topic after a failed journal or dead-letter write: its in-memory group state
+/// may be ahead of the disk and must not answer anyone until rebuilt by a restart.
+fn fail_topic(topic: &Topic, e: &dyn std::fmt::Display) -> BrokerError {
+    let _ = topic.failed.set(e.to_string());
+    tracing::error!(topic = %topic.name, error = %e, "group state write failed; topic stopped");
+    BrokerError::TopicFailed(topic.name.clone())
 }
 
 fn ensure_parts(parts: &mut Vec<GroupPartition>, n: usize, policy: &crate::group::GroupPolicy) {
@@ -1502,14 +2177,7 @@ fn ensure_parts(parts: &mut Vec<GroupPartition>, n: usize, policy: &crate::group
 fn group_info(g: &Group, end_offsets: &[u64]) -> GroupInfo {
     let mut stats = GroupStats::default();
     for (p, part) in g.parts.iter().enumerate() {
-        let s = part.stats(end_offsets.get(p).copied().unwrap_or(0));
-        stats.accepted += s.accepted;
-        stats.acked += s.acked;
-        stats.in_flight += s.in_flight;
-        stats.pending += s.pending;
-        stats.dead_lettered += s.dead_lettered;
-        stats.expired_unsettled += s.expired_unsettled;
-        stats.redeliveries += s.redeliveries;
+        stats.add(&part.stats(end_offsets.get(p).copied().unwrap_or(0)));
     }
     GroupInfo {
         name: g.name.clone(),
@@ -1519,6 +2187,31 @@ fn group_info(g: &Group, end_offsets: &[u64]) -> GroupInfo {
         dead_letters_purged: g.purged,
         dead_letters_resent: g.resent,
     }
+}
+
+fn end_offsets(topic: &Topic) -> Vec<u64> {
+    topic
+        .partitions
+        .read()
+        .unwrap()
+        .iter()
+        .map(|l| l.durable_end())
+        .collect()
+}
+
+/// The first offset of `log` stored at or after `t` (its end if none): a binary search,
+/// since append times only grow within a partition (the broker stamps them; a clock
+/// stepped back can break that, and then the answer is one such offset, not the first).
+fn first_at_or_after(log: &Log, t: Millis) -> Result<u64, BrokerError> {
+    let (mut lo, mut hi) = (log.start_offset(), log.durable_end());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match log.read(mid)? {
+            Some(r) if (r.timestamp_ms.max(0) as u64) < t => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 fn selected(g: &Group, which: &Selection) -> Vec<u64> {
@@ -1618,15 +2311,43 @@ fn dead_letter_from(group: &str, mut r: surety_log::Record) -> DeadLetter {
     }
 }
 
+/// Where deleted topics go on their way out (not a valid topic directory: `topics/` is).
+const TRASH_DIR: &str = "trash";
+
+/// Data files are the broker's alone: messages and the receipt key are readable by its
+/// user only.
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
+/// Creates a directory and its missing parents, each 0700.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Writes a small file atomically and durably: temp file, fsync, rename, fsync dir.
 fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BrokerError> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()?;
+    sync_dir(dir)?;
     Ok(())
 }
 
@@ -1634,11 +2355,15 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BrokerError
 /// the holder exits, `kill -9` included), or says who has it.
 fn lock_dir(dir: &Path) -> Result<std::fs::File, BrokerError> {
     let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(FILE_MODE)
+            .open(&path)?
+    };
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(BrokerError::DirectoryInUse(dir.to_owned())),

@@ -13,6 +13,7 @@ const TAG_ACKED: u8 = 4;
 const TAG_RELEASED: u8 = 5;
 const TAG_DEAD_LETTERED: u8 = 6;
 const TAG_EXPIRED_UNSETTLED: u8 = 7;
+const TAG_SEEKED: u8 = 8;
 
 /// Why journal bytes do not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +105,10 @@ pub fn encode_event(partition: u32, e: &Event) -> Vec<u8> {
             w.push(TAG_EXPIRED_UNSETTLED);
             put_u64(&mut w, *below);
         }
+        Event::Seeked { to } => {
+            w.push(TAG_SEEKED);
+            put_u64(&mut w, *to);
+        }
     }
     w
 }
@@ -178,6 +183,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<(u32, Event), CodecError> {
             reason: r.string()?,
         },
         TAG_EXPIRED_UNSETTLED => Event::ExpiredUnsettled { below: r.u64()? },
+        TAG_SEEKED => Event::Seeked { to: r.u64()? },
         t => return Err(CodecError::Tag(t)),
     };
     if !r.0.is_empty() {
@@ -187,7 +193,8 @@ pub fn decode_event(bytes: &[u8]) -> Result<(u32, Event), CodecError> {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SURETYGS";
-const SNAPSHOT_VERSION: u16 = 1;
+/// 2 added the seek counters (`skipped_by_seek`, `replayed`); version 1 files still read.
+const SNAPSHOT_VERSION: u16 = 2;
 
 /// Every group of a topic at one point of its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -248,6 +255,8 @@ fn put_part(w: &mut Vec<u8>, s: &Snapshot) {
         c.skipped,
         c.expired_unsettled,
         c.redeliveries,
+        c.skipped_by_seek,
+        c.replayed,
     ] {
         put_u64(w, v);
     }
@@ -296,7 +305,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<TopicSnapshot, CodecError> {
     }
     let mut r = Reader(&body[8..]);
     let version = u16::from_le_bytes(r.take(2)?.try_into().unwrap());
-    if version != SNAPSHOT_VERSION {
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(CodecError::Version(version as u8));
     }
     let journal_next = r.u64()?;
@@ -312,7 +321,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<TopicSnapshot, CodecError> {
         }
         let mut parts = Vec::new();
         for _ in 0..r.count(64)? {
-            parts.push(r.part()?);
+            parts.push(r.part(version)?);
         }
         groups.push(GroupSnapshot {
             name,
@@ -399,17 +408,23 @@ impl Reader<'_> {
         }
         Ok(n)
     }
-    fn part(&mut self) -> Result<Snapshot, CodecError> {
+    fn part(&mut self, version: u16) -> Result<Snapshot, CodecError> {
         let start = self.u64()?;
         let committed = self.u64()?;
         let next_fresh = self.u64()?;
-        let counters = Counters {
+        let mut counters = Counters {
             acked: self.u64()?,
             dead_lettered: self.u64()?,
             skipped: self.u64()?,
             expired_unsettled: self.u64()?,
             redeliveries: self.u64()?,
+            skipped_by_seek: 0,
+            replayed: 0,
         };
+        if version >= 2 {
+            counters.skipped_by_seek = self.u64()?;
+            counters.replayed = self.u64()?;
+        }
         let mut settled = Vec::new();
         for _ in 0..self.count(8)? {
             settled.push(self.u64()?);
@@ -496,6 +511,7 @@ mod tests {
                 last_delivered_at: None,
             },
             Event::ExpiredUnsettled { below: 18 },
+            Event::Seeked { to: 19 },
         ]
     }
 

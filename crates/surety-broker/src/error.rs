@@ -12,6 +12,25 @@ pub enum BrokerError {
     InvalidConfig(String),
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
+    #[error("topic {topic:?} has no consumer group {group:?}")]
+    GroupNotFound { topic: String, group: String },
+    /// A number a client sent is outside its bound (`crate::limits`).
+    #[error("{field} must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        field: &'static str,
+        min: u64,
+        max: u64,
+        got: u64,
+    },
+    /// Deleting the topic would drop messages some group has not settled.
+    #[error(
+        "topic {topic:?} has {unsettled} unsettled messages and {dead_letters} dead letters in its groups; delete with force to drop them"
+    )]
+    TopicBusy {
+        topic: String,
+        unsettled: u64,
+        dead_letters: u64,
+    },
     #[error("message of {size} bytes exceeds the topic limit of {max} bytes")]
     MessageTooLarge { size: usize, max: usize },
     #[error("invalid message: {0}")]
@@ -51,6 +70,9 @@ impl BrokerError {
             BrokerError::InvalidName(_) => "invalid_name",
             BrokerError::InvalidConfig(_) => "invalid_config",
             BrokerError::TopicNotFound(_) => "topic_not_found",
+            BrokerError::GroupNotFound { .. } => "group_not_found",
+            BrokerError::OutOfRange { .. } => "invalid_request",
+            BrokerError::TopicBusy { .. } => "topic_busy",
             BrokerError::MessageTooLarge { .. } => "message_too_large",
             BrokerError::InvalidMessage(_) => "invalid_message",
             BrokerError::SequenceTooOld { .. } => "sequence_too_old",

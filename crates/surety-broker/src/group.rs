@@ -91,6 +91,13 @@ pub enum Event {
     ExpiredUnsettled {
         below: u64,
     },
+    /// An operator moved the group's position to `to`: everything below is settled
+    /// (unsettled messages there counted as skipped by seek), everything from `to` on is
+    /// unseen again (settled messages there counted as replayed; in-flight and waiting
+    /// ones start over at delivery 1, their receipts void).
+    Seeked {
+        to: u64,
+    },
 }
 
 /// A lease handed out by `plan_fetch`.
@@ -160,10 +167,15 @@ pub struct Counters {
     pub expired_unsettled: u64,
     /// Deliveries after the first.
     pub redeliveries: u64,
+    /// Unsettled messages an operator's seek passed over.
+    pub skipped_by_seek: u64,
+    /// Settled messages a seek made unseen again (they are accepted once more).
+    pub replayed: u64,
 }
 
 /// Conservation of messages for one group and partition:
-/// `accepted == acked + in_flight + pending + dead_lettered + expired_unsettled`.
+/// `accepted == acked + in_flight + pending + dead_lettered + expired_unsettled +
+/// skipped_by_seek` (a message a seek replays is accepted again).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupStats {
     pub accepted: u64,
@@ -173,6 +185,7 @@ pub struct GroupStats {
     pub pending: u64,
     pub dead_lettered: u64,
     pub expired_unsettled: u64,
+    pub skipped_by_seek: u64,
     pub redeliveries: u64,
 }
 
@@ -184,6 +197,19 @@ impl GroupStats {
                 + self.pending
                 + self.dead_lettered
                 + self.expired_unsettled
+                + self.skipped_by_seek
+    }
+
+    /// Adds another partition's (or group's) figures to these.
+    pub fn add(&mut self, s: &GroupStats) {
+        self.accepted += s.accepted;
+        self.acked += s.acked;
+        self.in_flight += s.in_flight;
+        self.pending += s.pending;
+        self.dead_lettered += s.dead_lettered;
+        self.expired_unsettled += s.expired_unsettled;
+        self.skipped_by_seek += s.skipped_by_seek;
+        self.redeliveries += s.redeliveries;
     }
 }
 
@@ -279,6 +305,11 @@ impl GroupPartition {
             || self.leases.first().is_some_and(|&(t, _)| t <= now)
     }
 
+    /// When the earliest lease runs out: the sweeper expires it then, consumer or not.
+    pub fn next_lease_expiry(&self) -> Option<Millis> {
+        self.leases.first().map(|&(t, _)| t)
+    }
+
     /// The earliest time something known becomes due (for long-poll wake-ups).
     pub fn next_due(&self) -> Option<Millis> {
         let w = self.waiting.first().map(|&(t, _)| t);
@@ -288,7 +319,7 @@ impl GroupPartition {
 
     pub fn stats(&self, log_end: u64) -> GroupStats {
         let seen_end = self.next_fresh.max(log_end);
-        let accepted = seen_end - self.start - self.counters.skipped;
+        let accepted = seen_end - self.start - self.counters.skipped + self.counters.replayed;
         let in_flight = self.leases.len() as u64;
         let pending = self.waiting.len() as u64 + (seen_end - self.next_fresh);
         GroupStats {
@@ -298,6 +329,7 @@ impl GroupPartition {
             pending,
             dead_lettered: self.counters.dead_lettered,
             expired_unsettled: self.counters.expired_unsettled,
+            skipped_by_seek: self.counters.skipped_by_seek,
             redeliveries: self.counters.redeliveries,
         }
     }
@@ -450,6 +482,20 @@ impl GroupPartition {
         let e = Event::ExpiredUnsettled { below };
         self.apply_checked(&e);
         Some(e)
+    }
+
+    /// Moves the position to `to` (the caller keeps it within the log's retained range).
+    /// Returns the event with how many unsettled messages it skips and how many settled
+    /// ones it replays.
+    pub fn plan_seek(&mut self, to: u64) -> (Event, u64, u64) {
+        let before = self.counters;
+        let e = Event::Seeked { to };
+        self.apply_checked(&e);
+        (
+            e,
+            self.counters.skipped_by_seek - before.skipped_by_seek,
+            self.counters.replayed - before.replayed,
+        )
     }
 
     /// Whether an ack or nack of delivery `delivery` of `offset` would be accepted at
@@ -659,6 +705,29 @@ impl GroupPartition {
                 self.settled = keep;
                 self.committed = self.committed.max(below);
                 self.advance_committed();
+            }
+            Event::Seeked { to } => {
+                // Below `to`: unsettled offsets (seen or not) are passed over.
+                let seen_below = self.attempts.range(..to).count() as u64;
+                let unseen_below = to.saturating_sub(self.next_fresh);
+                // From `to` on: settled offsets the group is responsible for come back.
+                let from = to.max(self.start);
+                let replayed = if from < self.next_fresh {
+                    let unsettled = self.attempts.range(from..).count() as u64;
+                    (self.next_fresh - from) - unsettled
+                } else {
+                    0
+                };
+                self.counters.skipped_by_seek += seen_below + unseen_below;
+                self.counters.replayed += replayed;
+                // Offsets below the group's start it never had: they join it, unseen.
+                self.start = self.start.min(to);
+                self.committed = to;
+                self.next_fresh = to;
+                self.settled.clear();
+                self.attempts.clear();
+                self.leases.clear();
+                self.waiting.clear();
             }
         }
         Ok(())

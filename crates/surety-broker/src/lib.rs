@@ -13,13 +13,16 @@ pub mod codec;
 pub mod dedupe;
 pub mod error;
 pub mod group;
+pub mod limits;
 pub mod message;
 pub mod receipt;
 pub mod topic;
 
 pub use backoff::Backoff;
 pub use broker::{
-    Broker, BrokerOptions, DeadLetter, Delivery, GroupInfo, PublishResult, Selection, TopicInfo,
+    Broker, BrokerOptions, DeadLetter, DeadLetterPage, Delivery, GroupDeleted, GroupInfo,
+    PartitionSeek, Peek, PublishResult, SeekOutcome, SeekTo, Selection, StartAt, TopicDeleted,
+    TopicInfo,
 };
 pub use dedupe::{
     Begin, DedupeConfig, DedupeKey, DedupeStats, DedupeTable, Reservation, StoredKey,

@@ -28,7 +28,7 @@ pub const MAX_PARTITIONS: u32 = 1024;
 pub const MAX_DELIVERIES_LIMIT: u32 = 1000;
 const HOUR_MS: u64 = 60 * 60 * 1000;
 /// Upper bound of `ack_wait_ms` and of the retry backoff delays.
-pub const MAX_ACK_WAIT_MS: u64 = 12 * HOUR_MS;
+pub const MAX_ACK_WAIT_MS: u64 = crate::limits::MAX_LEASE_MS;
 /// Upper bound of `dedupe_window_ms`: every id inside the window is held in memory.
 pub const MAX_DEDUPE_WINDOW_MS: u64 = 24 * HOUR_MS;
 /// Upper bound of `max_message_bytes`: leaves room for key, headers and framing under
