@@ -345,6 +345,9 @@ const SNAPSHOT_FILE: &str = "groups.snapshot";
 
 struct Group {
     name: String,
+    /// The journal offset of the record that created this group: receipts carry it, so
+    /// one from an earlier group of the same name is stale.
+    incarnation: u64,
     parts: Vec<GroupPartition>,
     /// Opened (and its directory created) with the first dead letter.
     dlq: Option<Arc<Log>>,
@@ -527,6 +530,7 @@ impl Broker {
                     groups.insert(
                         gs.name.clone(),
                         Group {
+                            incarnation: gs.incarnation,
                             dlq: None,
                             deleted: false,
                             sweep_at: None,
@@ -571,6 +575,7 @@ impl Broker {
                             group.clone(),
                             Group {
                                 name: group,
+                                incarnation: r.offset,
                                 parts: starts
                                     .iter()
                                     .map(|&s| GroupPartition::new(policy.clone(), s))
@@ -1003,7 +1008,10 @@ impl Broker {
             topic: topic.name.clone(),
             group: name.to_owned(),
         };
-        let group = self.existing_group(topic, name).await?.ok_or_else(not_found)?;
+        let group = self
+            .existing_group(topic, name)
+            .await?
+            .ok_or_else(not_found)?;
         let g = group.lock_owned().await;
         if g.deleted {
             return Err(not_found());
@@ -1038,10 +1046,14 @@ impl Broker {
             payload,
             timestamp_ms: self.now() as i64,
         };
-        self.durable(topic, topic.journal.submit(vec![rec])).await?;
+        let incarnation = self
+            .durable(topic, topic.journal.submit(vec![rec]))
+            .await?
+            .start;
         let policy = topic.config.read().unwrap().group_policy();
         let g = Arc::new(Mutex::new(Group {
             name: name.to_owned(),
+            incarnation,
             parts: starts
                 .iter()
                 .map(|&s| GroupPartition::new(policy.clone(), s))
@@ -1111,10 +1123,21 @@ impl Broker {
         if let Some(e) = first_error {
             return Err(e);
         }
-        Ok(self.inner.sweeps.lock().unwrap().first().map(|(t, _, _)| *t))
+        Ok(self
+            .inner
+            .sweeps
+            .lock()
+            .unwrap()
+            .first()
+            .map(|(t, _, _)| *t))
     }
 
-    async fn expire_group(&self, topic_name: &str, group_name: &str, now: Millis) -> Result<(), BrokerError> {
+    async fn expire_group(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        now: Millis,
+    ) -> Result<(), BrokerError> {
         let topic = match self.topic(topic_name) {
             Ok(t) => t,
             // Deleted since it was scheduled: nothing left to expire.
@@ -1157,8 +1180,9 @@ impl Broker {
                     let Some(inner) = weak.upgrade() else { return };
                     let broker = Broker { inner };
                     match broker.expire_due().await {
-                        Ok(Some(next)) => Duration::from_millis(next.saturating_sub(broker.now()))
-                            .min(MAX_SLEEP),
+                        Ok(Some(next)) => {
+                            Duration::from_millis(next.saturating_sub(broker.now())).min(MAX_SLEEP)
+                        }
                         Ok(None) | Err(_) => MAX_SLEEP,
                     }
                 };
@@ -1379,6 +1403,8 @@ impl Broker {
         let ticket = self.stage(topic, &mut g, events).await?;
         let next_due = g.parts.iter().filter_map(GroupPartition::next_due).min();
         let group_name = g.name.clone();
+        let incarnation = g.incarnation;
+        let seeks: Vec<u32> = g.parts.iter().map(GroupPartition::seeks).collect();
         drop(g);
         if let Some(ticket) = ticket {
             self.durable(topic, Ok(ticket)).await?;
@@ -1405,6 +1431,8 @@ impl Broker {
                         partition: p,
                         offset: l.offset,
                         delivery: l.delivery,
+                        incarnation,
+                        seeks: seeks[p as usize],
                     },
                 ),
                 partition: p,
@@ -1567,6 +1595,9 @@ impl Broker {
                         .ok_or(BrokerError::UnknownPartition {
                             partition: d.partition,
                         })?;
+                if (d.incarnation, d.seeks) != (g.incarnation, part.seeks()) {
+                    return Err(crate::group::SettleError::Withdrawn { offset: d.offset }.into());
+                }
                 part.check_settle(now, d.offset, d.delivery)?;
                 Ok(d)
             })
@@ -1859,6 +1890,7 @@ impl Broker {
                 .iter()
                 .map(|g| GroupSnapshot {
                     name: g.name.clone(),
+                    incarnation: g.incarnation,
                     purged: g.purged,
                     resent: g.resent,
                     dlq_next: g.dlq.as_ref().map_or(0, |d| d.durable_end()),
@@ -1974,7 +2006,8 @@ impl Broker {
             payload: Vec::new(),
         };
         // Durable before anything is removed: a crash after it finishes the job at open.
-        self.durable(&topic, topic.journal.submit(vec![rec])).await?;
+        self.durable(&topic, topic.journal.submit(vec![rec]))
+            .await?;
         g.deleted = true;
         g.dead_letters.clear();
         self.reschedule(&topic, &mut g);
@@ -2106,7 +2139,11 @@ impl Broker {
         std::fs::rename(&topic.dir, &gone)?;
         sync_dir(&self.inner.dir.join("topics"))?;
         std::fs::remove_dir_all(&gone)?;
-        tracing::info!(topic = topic_name, messages = dropped.messages, "topic deleted");
+        tracing::info!(
+            topic = topic_name,
+            messages = dropped.messages,
+            "topic deleted"
+        );
         Ok(dropped)
     }
 

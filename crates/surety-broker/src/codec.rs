@@ -193,7 +193,8 @@ pub fn decode_event(bytes: &[u8]) -> Result<(u32, Event), CodecError> {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SURETYGS";
-/// 2 added the seek counters (`skipped_by_seek`, `replayed`); version 1 files still read.
+/// 2 added the group's incarnation and, per partition, the seek count and counters
+/// (`skipped_by_seek`, `replayed`); version 1 files still read.
 const SNAPSHOT_VERSION: u16 = 2;
 
 /// Every group of a topic at one point of its journal.
@@ -207,6 +208,8 @@ pub struct TopicSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupSnapshot {
     pub name: String,
+    /// Journal offset of the record that created the group (receipts carry it).
+    pub incarnation: u64,
     pub purged: u64,
     pub resent: u64,
     /// Dead-letter log records at or above this id were written after the snapshot.
@@ -225,6 +228,7 @@ pub fn encode_snapshot(s: &TopicSnapshot) -> Vec<u8> {
     put_u32(&mut w, s.groups.len() as u32);
     for g in &s.groups {
         put_str(&mut w, &g.name);
+        put_u64(&mut w, g.incarnation);
         put_u64(&mut w, g.purged);
         put_u64(&mut w, g.resent);
         put_u64(&mut w, g.dlq_next);
@@ -260,6 +264,7 @@ fn put_part(w: &mut Vec<u8>, s: &Snapshot) {
     ] {
         put_u64(w, v);
     }
+    put_u32(w, s.seeks);
     put_u32(w, s.settled.len() as u32);
     for &o in &s.settled {
         put_u64(w, o);
@@ -312,6 +317,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<TopicSnapshot, CodecError> {
     let mut groups = Vec::new();
     for _ in 0..r.count(4)? {
         let name = r.string()?;
+        let incarnation = if version >= 2 { r.u64()? } else { 0 };
         let purged = r.u64()?;
         let resent = r.u64()?;
         let dlq_next = r.u64()?;
@@ -325,6 +331,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<TopicSnapshot, CodecError> {
         }
         groups.push(GroupSnapshot {
             name,
+            incarnation,
             purged,
             resent,
             dlq_next,
@@ -421,9 +428,11 @@ impl Reader<'_> {
             skipped_by_seek: 0,
             replayed: 0,
         };
+        let mut seeks = 0;
         if version >= 2 {
             counters.skipped_by_seek = self.u64()?;
             counters.replayed = self.u64()?;
+            seeks = self.u32()?;
         }
         let mut settled = Vec::new();
         for _ in 0..self.count(8)? {
@@ -466,6 +475,7 @@ impl Reader<'_> {
             settled,
             attempts,
             counters,
+            seeks,
         })
     }
     fn string(&mut self) -> Result<String, CodecError> {
@@ -533,6 +543,7 @@ mod tests {
             journal_next: 77,
             groups: vec![GroupSnapshot {
                 name: "billing".into(),
+                incarnation: 3,
                 purged: 1,
                 resent: 2,
                 dlq_next: 3,

@@ -79,7 +79,9 @@ impl BrokerError {
             BrokerError::Receipt(_) => "receipt_invalid",
             BrokerError::UnknownPartition { .. } => "receipt_invalid",
             BrokerError::Settle(SettleError::LeaseExpired { .. }) => "lease_expired",
-            BrokerError::Settle(SettleError::StaleDelivery { .. }) => "receipt_stale",
+            BrokerError::Settle(
+                SettleError::StaleDelivery { .. } | SettleError::Withdrawn { .. },
+            ) => "receipt_stale",
             BrokerError::Settle(_) => "not_delivered",
             BrokerError::Storage(_) => "storage_failure",
             BrokerError::TopicFailed(_) => "topic_failed",

@@ -122,6 +122,10 @@ pub enum SettleError {
         delivery: u32,
         current: u32,
     },
+    /// The receipt predates a seek of this partition or the group's re-creation: the
+    /// delivery it names was withdrawn.
+    #[error("the delivery of offset {offset} was withdrawn by a seek or a group deletion")]
+    Withdrawn { offset: u64 },
 }
 
 /// Why an event could not be applied during replay (a journal that does not belong to
@@ -232,6 +236,8 @@ pub struct GroupPartition {
     /// Waiting offsets by visibility time.
     waiting: BTreeSet<(Millis, u64)>,
     counters: Counters,
+    /// Seeks applied so far; receipts carry it, so one issued before a seek is stale.
+    seeks: u32,
 }
 
 impl GroupPartition {
@@ -247,7 +253,13 @@ impl GroupPartition {
             leases: BTreeSet::new(),
             waiting: BTreeSet::new(),
             counters: Counters::default(),
+            seeks: 0,
         }
+    }
+
+    /// Seeks applied so far (receipts name it).
+    pub fn seeks(&self) -> u32 {
+        self.seeks
     }
 
     pub fn policy(&self) -> &GroupPolicy {
@@ -319,7 +331,8 @@ impl GroupPartition {
 
     pub fn stats(&self, log_end: u64) -> GroupStats {
         let seen_end = self.next_fresh.max(log_end);
-        let accepted = seen_end - self.start - self.counters.skipped + self.counters.replayed;
+        // Replayed offsets count again, and so do their skips: add before subtracting.
+        let accepted = seen_end + self.counters.replayed - self.start - self.counters.skipped;
         let in_flight = self.leases.len() as u64;
         let pending = self.waiting.len() as u64 + (seen_end - self.next_fresh);
         GroupStats {
@@ -728,6 +741,7 @@ impl GroupPartition {
                 self.attempts.clear();
                 self.leases.clear();
                 self.waiting.clear();
+                self.seeks = self.seeks.wrapping_add(1);
             }
         }
         Ok(())
@@ -740,6 +754,7 @@ impl GroupPartition {
             committed: self.committed,
             next_fresh: self.next_fresh,
             settled: self.settled.iter().copied().collect(),
+            seeks: self.seeks,
             attempts: self
                 .attempts
                 .iter()
@@ -765,6 +780,7 @@ impl GroupPartition {
         g.committed = s.committed;
         g.next_fresh = s.next_fresh;
         g.counters = s.counters;
+        g.seeks = s.seeks;
         // Snapshots list offsets in ascending order; anything else was not written by us.
         if !s.settled.is_sorted_by(|a, b| a < b)
             || !s.attempts.is_sorted_by(|a, b| a.offset < b.offset)
@@ -864,6 +880,7 @@ pub struct Snapshot {
     pub settled: Vec<u64>,
     pub attempts: Vec<AttemptSnapshot>,
     pub counters: Counters,
+    pub seeks: u32,
 }
 
 /// One unsettled offset in a [`Snapshot`].

@@ -1,7 +1,11 @@
 //! Receipts: the opaque token a consumer acks or nacks with. It names one delivery
-//! (partition, offset, delivery number) and carries an HMAC-SHA256 tag over the topic
-//! and group too, so a forged receipt, or one from another topic or group, is refused
-//! before it can touch any state. The key lives in the data directory, so receipts stay
+//! (partition, offset, delivery number, and which incarnation and position of the group
+//! it was made in) and carries an HMAC-SHA256 tag over the topic and group too, so a
+//! forged receipt, or one from another topic or group, is refused before it can touch
+//! any state. The incarnation (the journal offset that created the group) and the
+//! partition's seek count make a receipt from before a group was deleted and created
+//! again, or before a seek restarted delivery counts, stale instead of valid for a new
+//! delivery that happens to have the same number. The key lives in the data directory, so receipts stay
 //! valid across broker restarts (leases do too).
 
 use base64::Engine;
@@ -10,7 +14,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 const TAG_LEN: usize = 16;
-const BODY_LEN: usize = 4 + 8 + 4;
+const BODY_LEN: usize = 4 + 8 + 4 + 8 + 4;
 
 /// The secret receipts are signed with.
 #[derive(Clone)]
@@ -28,6 +32,10 @@ pub struct ReceiptData {
     pub partition: u32,
     pub offset: u64,
     pub delivery: u32,
+    /// The group's incarnation: the journal offset of the record that created it.
+    pub incarnation: u64,
+    /// Seeks of this group partition before the delivery.
+    pub seeks: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +66,8 @@ impl ReceiptKey {
         bytes.extend_from_slice(&d.partition.to_le_bytes());
         bytes.extend_from_slice(&d.offset.to_le_bytes());
         bytes.extend_from_slice(&d.delivery.to_le_bytes());
+        bytes.extend_from_slice(&d.incarnation.to_le_bytes());
+        bytes.extend_from_slice(&d.seeks.to_le_bytes());
         let tag = self.mac(topic, group, &bytes).finalize().into_bytes();
         bytes.extend_from_slice(&tag[..TAG_LEN]);
         URL_SAFE_NO_PAD.encode(bytes)
@@ -84,6 +94,8 @@ impl ReceiptKey {
             partition: u32::from_le_bytes(body[0..4].try_into().unwrap()),
             offset: u64::from_le_bytes(body[4..12].try_into().unwrap()),
             delivery: u32::from_le_bytes(body[12..16].try_into().unwrap()),
+            incarnation: u64::from_le_bytes(body[16..24].try_into().unwrap()),
+            seeks: u32::from_le_bytes(body[24..28].try_into().unwrap()),
         })
     }
 }
@@ -99,6 +111,8 @@ mod tests {
             partition: 2,
             offset: 99,
             delivery: 3,
+            incarnation: 12,
+            seeks: 1,
         };
         let r = k.issue("orders", "billing", d);
         assert_eq!(k.verify("orders", "billing", &r), Ok(d));

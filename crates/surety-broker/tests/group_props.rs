@@ -37,6 +37,12 @@ enum Op {
     ExpireBelow {
         ahead: u64,
     },
+    /// The sweeper's pass: expire leases that ran out, with no fetch.
+    Sweep,
+    /// An operator's seek to a point of the log (`permille` of its length).
+    Seek {
+        permille: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -49,6 +55,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..64u64).prop_map(|offset| Op::AckUnknown { offset }),
         3 => (0..4_000u64).prop_map(|ms| Op::Advance { ms }),
         1 => (0..3u64).prop_map(|ahead| Op::ExpireBelow { ahead }),
+        2 => Just(Op::Sweep),
+        1 => (0..=1000u64).prop_map(|permille| Op::Seek { permille }),
     ]
 }
 
@@ -93,6 +101,13 @@ impl Harness {
             }
             if let Event::ExpiredUnsettled { below } = e {
                 self.held.retain(|o, _| o >= below);
+            }
+            if let Event::Seeked { to } = *e {
+                // Every lease is withdrawn; from `to` on everything starts over, so a
+                // replayed message may be delivered again, from count 1.
+                self.held.clear();
+                self.acked.retain(|&o| o < to);
+                self.max_delivery_seen.retain(|&o, _| o < to);
             }
         }
         self.journal.extend(events);
@@ -180,6 +195,32 @@ impl Harness {
                 }
             }
             Op::Advance { ms } => self.now += ms,
+            Op::Sweep => {
+                let before = self.g.stats(self.log.len() as u64);
+                let events = self.g.plan_expiry(self.now);
+                assert!(
+                    self.g.next_lease_expiry().is_none_or(|t| t > self.now),
+                    "a sweep left an expired lease"
+                );
+                let after = self.g.stats(self.log.len() as u64);
+                assert_eq!(
+                    before.in_flight - after.in_flight,
+                    events.len() as u64,
+                    "every expired lease leaves in-flight"
+                );
+                self.record(events);
+            }
+            Op::Seek { permille } => {
+                let to = self.log.len() as u64 * permille / 1000;
+                let before = self.g.stats(self.log.len() as u64);
+                let (e, skipped, replayed) = self.g.plan_seek(to);
+                let after = self.g.stats(self.log.len() as u64);
+                assert_eq!(after.skipped_by_seek - before.skipped_by_seek, skipped);
+                assert_eq!(after.in_flight, 0, "a seek withdraws every lease");
+                assert_eq!(self.g.committed(), to);
+                assert_eq!(after.accepted - before.accepted, replayed);
+                self.record(vec![e]);
+            }
             Op::ExpireBelow { ahead } => {
                 let below = (self.g.committed() + ahead).min(self.log.len() as u64);
                 if let Some(e) = self.g.plan_expire_unsettled(below) {
