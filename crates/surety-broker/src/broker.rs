@@ -57,7 +57,8 @@ pub fn system_clock() -> Clock {
 #[derive(Clone)]
 pub struct BrokerOptions {
     pub clock: Clock,
-    /// Segment size of partition, journal and dead-letter logs.
+    /// Segment size of partition, journal and dead-letter logs of topics that do not set
+    /// their own (`TopicConfig::segment_bytes`).
     pub segment_bytes: u64,
     /// `maintain` snapshots a topic's groups and compacts its journal once this many
     /// journal records were written since the last snapshot.
@@ -439,10 +440,9 @@ impl Broker {
         // Room for the broker's own headers on top of the largest message.
         let max_record_bytes = config.max_message_bytes as usize + 64 * 1024;
         LogConfig {
-            segment_bytes: self
-                .inner
-                .options
+            segment_bytes: config
                 .segment_bytes
+                .unwrap_or(self.inner.options.segment_bytes)
                 .max(2 * max_record_bytes as u64),
             max_record_bytes,
             durability: match config.durability {

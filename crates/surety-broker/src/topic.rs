@@ -35,6 +35,10 @@ pub const MAX_DEDUPE_WINDOW_MS: u64 = 24 * HOUR_MS;
 /// the log's default 8 MiB record limit.
 pub const MAX_MESSAGE_BYTES_LIMIT: u32 = 4 * 1024 * 1024;
 const MAX_MULTIPLIER: f64 = 100.0;
+/// Bounds of `segment_bytes`: below 1 MiB a busy partition rolls segments constantly;
+/// the log's index positions are 32-bit, and 1 GiB keeps retention's unit reasonable.
+pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
 /// Why a topic or group name was refused. `kind` is "topic" or "group".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,6 +229,11 @@ pub struct TopicConfig {
     pub durability: DurabilityConfig,
     /// Largest payload accepted, 1 byte to 4 MiB.
     pub max_message_bytes: u32,
+    /// Size at which the topic's logs (partitions, journal, dead letters) start a new
+    /// segment, 1 MiB to 1 GiB; `None`: the broker's default (64 MiB). Retention deletes
+    /// whole segments, so this is also its granularity. New logs use a change at once,
+    /// open ones from the next broker start. At least twice the largest record is used.
+    pub segment_bytes: Option<u64>,
 }
 
 impl Default for TopicConfig {
@@ -238,6 +247,7 @@ impl Default for TopicConfig {
             retention: RetentionConfig::default(),
             durability: DurabilityConfig::Fsync,
             max_message_bytes: 1024 * 1024,
+            segment_bytes: None,
         }
     }
 }
@@ -340,6 +350,9 @@ impl TopicConfig {
             1,
             MAX_MESSAGE_BYTES_LIMIT.into(),
         )?;
+        if let Some(bytes) = self.segment_bytes {
+            range("segment_bytes", bytes, MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)?;
+        }
         Ok(())
     }
 
@@ -408,6 +421,8 @@ pub struct TopicConfigPatch {
     pub durability: Option<DurabilityConfig>,
     #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<u32>,
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
 }
 
 /// Part of a [`TopicConfigPatch`]: absent fields keep their value.
@@ -460,6 +475,9 @@ impl TopicConfigPatch {
         }
         set(&mut c.durability, self.durability);
         set(&mut c.max_message_bytes, self.max_message_bytes);
+        if self.segment_bytes.is_some() {
+            c.segment_bytes = self.segment_bytes;
+        }
         c
     }
 }
@@ -763,6 +781,13 @@ mod tests {
             "max_message_bytes must be between 1 and 4194304, got 0"
         );
         assert!(bad(|c| c.max_message_bytes = MAX_MESSAGE_BYTES_LIMIT + 1).contains("4194304"));
+        assert_eq!(
+            bad(|c| c.segment_bytes = Some(4096)),
+            "segment_bytes must be between 1048576 and 1073741824, got 4096"
+        );
+        assert!(
+            bad(|c| c.segment_bytes = Some(MAX_SEGMENT_BYTES + 1)).starts_with("segment_bytes")
+        );
 
         // The boundaries themselves are fine.
         let mut c = TopicConfig {

@@ -221,6 +221,44 @@ async fn a_hundred_groups_cost_almost_no_disk_until_they_dead_letter() {
 }
 
 #[tokio::test]
+async fn segment_size_is_a_topic_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::open(dir.path(), BrokerOptions::default()).unwrap();
+    b.put_topic(
+        "small",
+        &patch(r#"{"segment_bytes":1048576,"max_message_bytes":4096}"#),
+    )
+    .await
+    .unwrap();
+    let m = PublishMessage {
+        payload: vec![1; 4000],
+        ..PublishMessage::default()
+    };
+    for _ in 0..4 {
+        b.publish("small", vec![m.clone(); 200]).await.unwrap();
+    }
+    let segments = std::fs::read_dir(dir.path().join("topics/small/p0"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count();
+    assert!(
+        segments >= 3,
+        "3.2 MB in 1 MiB segments, got {segments} segments"
+    );
+    let e = b
+        .put_topic("small", &patch(r#"{"segment_bytes":1}"#))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_config");
+}
+
+#[tokio::test]
 async fn deleting_a_group_drops_its_state_and_dead_letters_for_good() {
     let env = Env::new();
     let b = env.open();
