@@ -80,7 +80,8 @@ async fn the_server_keeps_to_the_credit_window() {
     let out = drain_for(&mut stream, Duration::from_secs(1)).await;
     assert!(out.contains(&Out::AckResult(proto::AckResult {
         request_id: 7,
-        acked: 1
+        acked: 1,
+        errors: Vec::new(),
     })));
     assert_eq!(receipts(&out).len(), 1);
 

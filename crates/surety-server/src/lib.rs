@@ -4,6 +4,7 @@
 //! - [`config`]: settings from flags, environment, a TOML file and defaults.
 //! - [`server`]: opens the broker, binds, serves until shutdown, runs upkeep.
 //! - [`rest`]: the `/v1` JSON API; [`auth`]: bearer tokens; [`metrics`]: `/metrics`.
+//! - [`settle`]: the ack / nack batch rule REST and gRPC share.
 
 pub mod auth;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod rest;
 pub mod server;
+pub mod settle;
 pub mod state;
 
 pub use auth::check_bearer;

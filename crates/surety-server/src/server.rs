@@ -1,6 +1,8 @@
 //! The server's life: open the broker, bind, serve REST, gRPC, `/metrics` and `/healthz`
-//! on one address, run upkeep every [`MAINTAIN_EVERY`], and on shutdown stop accepting,
-//! finish in-flight requests, stop upkeep, and close the broker.
+//! on one address, run upkeep every [`MAINTAIN_EVERY`] and the broker's lease sweeper
+//! (expired leases become redeliveries or dead letters even when nobody fetches), and on
+//! shutdown stop accepting, finish in-flight requests, stop upkeep and the sweeper, and
+//! close the broker.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -129,6 +131,8 @@ impl Server {
     ) -> Result<(), ServerError> {
         let (stop, stopped) = watch::channel(false);
         let upkeep = tokio::spawn(maintain(self.state.broker.clone(), stopped));
+        // Leases re-scheduled by the broker at open expire from here on.
+        let sweeper = self.state.broker.spawn_sweeper();
         tracing::info!(addr = %self.addr, data = %self.config.data.display(), "serving");
         let streams = self.state.shutdown.clone();
         // Answers are small and latency-bound: without TCP_NODELAY, Nagle plus delayed
@@ -149,6 +153,10 @@ impl Server {
         let _ = stop.send(true);
         // A maintain run in progress finishes rather than being cut at an await point.
         let _ = upkeep.await;
+        // A sweep cut midway is redone: the next open re-schedules every lease still
+        // held, and expiring one is no answer anyone waits for.
+        sweeper.abort();
+        let _ = sweeper.await;
         self.state.broker.close();
         tracing::info!("broker closed");
         served.map_err(ServerError::Serve)

@@ -362,15 +362,18 @@ async fn metrics_after_traffic() {
     let text = res.text().await.unwrap();
     let g = r#"{topic="mt",group="g"}"#;
     for (name, want) in [
-        ("surety_group_accepted", 4.0),
-        ("surety_group_acked", 1.0),
+        ("surety_group_accepted_total", 4.0),
+        ("surety_group_acked_total", 1.0),
         ("surety_group_in_flight", 0.0),
         ("surety_group_pending", 2.0),
         ("surety_group_lag", 2.0),
-        ("surety_group_dead_lettered", 1.0),
+        ("surety_group_dead_lettered_total", 1.0),
         ("surety_group_dead_letters", 1.0),
-        ("surety_group_expired_unsettled", 0.0),
-        ("surety_group_redeliveries", 0.0),
+        ("surety_group_expired_unsettled_total", 0.0),
+        ("surety_group_redeliveries_total", 0.0),
+        ("surety_group_skipped_by_seek_total", 0.0),
+        ("surety_acked_total", 1.0),
+        ("surety_nacked_total", 1.0),
     ] {
         assert_eq!(
             metric(&text, &format!("{name}{g}")),
@@ -392,9 +395,44 @@ async fn metrics_after_traffic() {
         Some(1.0)
     );
     assert_eq!(metric(&text, &format!("surety_dedupe_hits{t}")), Some(1.0));
-    // Process-wide counters: other tests in this binary may add to them.
-    assert!(metric(&text, "surety_acked_total").unwrap() >= 1.0);
-    assert!(metric(&text, "surety_nacked_total").unwrap() >= 1.0);
+    // Every metric is described, and totals are counters, levels gauges.
+    for (name, kind) in [
+        ("surety_published_messages_total", "counter"),
+        ("surety_published_bytes_total", "counter"),
+        ("surety_duplicates_total", "counter"),
+        ("surety_dedupe_hits", "gauge"),
+        ("surety_acked_total", "counter"),
+        ("surety_nacked_total", "counter"),
+        ("surety_group_lag", "gauge"),
+        ("surety_group_in_flight", "gauge"),
+        ("surety_group_pending", "gauge"),
+        ("surety_group_dead_letters", "gauge"),
+        ("surety_group_accepted_total", "counter"),
+        ("surety_group_acked_total", "counter"),
+        ("surety_group_dead_lettered_total", "counter"),
+        ("surety_group_redeliveries_total", "counter"),
+        ("surety_group_expired_unsettled_total", "counter"),
+        ("surety_group_skipped_by_seek_total", "counter"),
+        ("surety_log_fsync_seconds", "histogram"),
+        ("surety_log_records_per_fsync", "histogram"),
+    ] {
+        let help = format!("# HELP {name} ");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&help) && l.len() > help.len()),
+            "no HELP for {name} in\n{text}"
+        );
+        let ty = format!("# TYPE {name} {kind}");
+        assert!(text.lines().any(|l| l == ty), "no {ty:?} in\n{text}");
+    }
+    // Every series has a HELP line.
+    for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = l.split(' ').nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP in\n{text}"
+        );
+    }
     assert!(
         text.contains("surety_log_fsync_seconds_bucket{le="),
         "{text}"

@@ -11,15 +11,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use surety_broker::{Broker, BrokerError, validate_group_name, validate_topic_name};
+use surety_broker::{Broker, BrokerError, limits, validate_group_name, validate_topic_name};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::convert;
 use super::proto::{self, consume_request::Kind as In, consume_response::Kind as Out};
-use super::status::{invalid_request, status_of, stream_error};
+use super::status::{invalid_request, receipt_error, status_of, stream_error};
 use crate::metrics;
+use crate::settle::Batch;
 
 /// Most deliveries asked of one fetch.
 const MAX_FETCH: usize = 256;
@@ -28,8 +29,9 @@ const FETCH_BATCH_TARGET: usize = 32;
 const FETCH_LINGER: Duration = Duration::from_millis(2);
 /// Long-poll time of one fetch; bounds how long a drain waits for the fetcher.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
-/// Largest window one stream may hold; more would only pin leases nobody works on.
-const MAX_WINDOW: usize = 10_000;
+/// Largest window one stream may hold; more would only pin leases nobody works on. A
+/// Subscribe or Credit asking for more is refused, never silently capped.
+pub const MAX_WINDOW: usize = 10_000;
 /// Acks and nacks of one stream applied at the same time (they share group commits).
 const MAX_CONCURRENT_SETTLES: usize = 64;
 /// A fetch's deliveries are split into responses of about this many bytes.
@@ -76,11 +78,16 @@ pub(super) async fn start(
         .map_err(|e| status_of(&BrokerError::InvalidName(e.to_string())))?;
     validate_group_name(&sub.group)
         .map_err(|e| status_of(&BrokerError::InvalidName(e.to_string())))?;
+    // Refused before the stream starts, with the broker's own bounds.
+    if sub.lease_ms != 0 {
+        limits::check_lease_ms(sub.lease_ms).map_err(|e| status_of(&e))?;
+    }
+    check_window(sub.credits.into()).map_err(|e| status_of(&e))?;
     if !broker.topic_names().contains(&sub.topic) {
         return Err(status_of(&BrokerError::TopicNotFound(sub.topic)));
     }
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-    let window = (sub.credits as usize).min(MAX_WINDOW);
+    let window = sub.credits as usize;
     let session = Arc::new(Session {
         broker,
         topic: sub.topic,
@@ -95,6 +102,11 @@ pub(super) async fn start(
     });
     tokio::spawn(session.read(inbound));
     Ok(ReceiverStream::new(rx))
+}
+
+/// A window of `credits` must not exceed [`MAX_WINDOW`].
+fn check_window(credits: u64) -> Result<(), BrokerError> {
+    limits::check("credits", credits, 0, MAX_WINDOW as u64)
 }
 
 enum Settle {
@@ -121,9 +133,21 @@ impl Session {
                 Some(In::Credit(c)) => {
                     // Only the reader changes the window, so load-then-store is exact.
                     let window = self.window.load(Ordering::Relaxed);
-                    let n = (c.n as usize).min(MAX_WINDOW - window);
-                    self.window.store(window + n, Ordering::Relaxed);
-                    self.credits.add_permits(n);
+                    let n = c.n as usize;
+                    match check_window(window as u64 + n as u64) {
+                        Ok(()) => {
+                            self.window.store(window + n, Ordering::Relaxed);
+                            self.credits.add_permits(n);
+                        }
+                        // A session problem, not an answer to a request: request_id 0.
+                        Err(e) => {
+                            let error = Out::Error(stream_error(0, &status_of(&e)));
+                            let answer = proto::ConsumeResponse { kind: Some(error) };
+                            if self.tx.send(Ok(answer)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
                 }
                 Some(In::Ack(a)) => {
                     self.spawn_settle(a.request_id, a.receipts, Settle::Ack)
@@ -174,44 +198,51 @@ impl Session {
     ) -> proto::ConsumeResponse {
         let (b, t, g) = (&self.broker, &self.topic, &self.group);
         metrics::record_settle_batch(receipts.len());
-        let result = match &op {
-            // On a stream each receipt stands alone: one expired lease must not refuse the
-            // acks that came with it. The request fails only if none was acceptable.
-            Settle::Ack => b.ack_each(t, g, receipts).await.and_then(|outcomes| {
-                let acked = outcomes.iter().filter(|o| matches!(o, Ok(true))).count();
-                if !outcomes.is_empty() && outcomes.iter().all(Result::is_err) {
-                    Err(outcomes
-                        .into_iter()
-                        .find_map(Result::err)
-                        .expect("all are errors"))
-                } else {
-                    Ok(acked)
-                }
-            }),
-            Settle::Nack { delay, reason } => b.nack(t, g, receipts, *delay, reason).await,
+        // Each receipt stands alone: one expired lease must not refuse the acks that came
+        // with it. The request fails only if none was acceptable.
+        let outcomes = match &op {
+            Settle::Ack => b.ack_each(t, g, receipts).await,
+            Settle::Nack { delay, reason } => b.nack_each(t, g, receipts, *delay, reason).await,
         };
-        // Accepted or refused, these deliveries are no longer the client's to work on
-        // (a refused one is expired or superseded), so their credits come back.
-        let freed = {
-            let mut outstanding = self.outstanding.lock().unwrap();
-            receipts.iter().filter(|r| outstanding.remove(*r)).count()
-        };
-        self.credits.add_permits(freed);
-        match (&result, &op) {
-            (Ok(n), Settle::Ack) => metrics::record_acked(*n),
-            (Ok(n), Settle::Nack { .. }) => metrics::record_nacked(*n),
-            (Err(_), _) => {}
+        // A request refused as a whole for its own fields (a nack delay out of bounds,
+        // say) judged no receipt: those deliveries are still the client's, leased, to
+        // settle again. Otherwise, accepted or refused, they are no longer the client's
+        // to work on (a refused one is expired or superseded), so their credits come back.
+        let judged = !matches!(&outcomes, Err(e) if e.code() == "invalid_request");
+        if judged {
+            let freed = {
+                let mut outstanding = self.outstanding.lock().unwrap();
+                receipts.iter().filter(|r| outstanding.remove(*r)).count()
+            };
+            self.credits.add_permits(freed);
         }
-        let kind = match (result, op) {
-            (Ok(n), Settle::Ack) => Out::AckResult(proto::AckResult {
-                request_id,
-                acked: n as u64,
-            }),
-            (Ok(n), Settle::Nack { .. }) => Out::NackResult(proto::NackResult {
-                request_id,
-                nacked: n as u64,
-            }),
-            (Err(e), _) => Out::Error(stream_error(request_id, &status_of(&e))),
+        let kind = match outcomes.and_then(Batch::judge) {
+            Ok(batch) => {
+                let errors = batch
+                    .errors
+                    .iter()
+                    .map(|(i, e)| receipt_error(*i, e))
+                    .collect();
+                match op {
+                    Settle::Ack => {
+                        metrics::record_acked(t, g, batch.applied);
+                        Out::AckResult(proto::AckResult {
+                            request_id,
+                            acked: batch.applied as u64,
+                            errors,
+                        })
+                    }
+                    Settle::Nack { .. } => {
+                        metrics::record_nacked(t, g, batch.applied);
+                        Out::NackResult(proto::NackResult {
+                            request_id,
+                            nacked: batch.applied as u64,
+                            errors,
+                        })
+                    }
+                }
+            }
+            Err(e) => Out::Error(stream_error(request_id, &status_of(&e))),
         };
         proto::ConsumeResponse { kind: Some(kind) }
     }
@@ -292,7 +323,8 @@ impl Session {
     async fn release(&self, receipts: Vec<String>) {
         let reason = "the consumer's stream closed before delivery";
         let (b, t, g) = (&self.broker, &self.topic, &self.group);
-        if let Err(e) = b.nack(t, g, &receipts, Duration::ZERO, reason).await {
+        // Each on its own: one that expired meanwhile must not keep the others leased.
+        if let Err(e) = b.nack_each(t, g, &receipts, Duration::ZERO, reason).await {
             tracing::debug!(error = %e, "releasing undelivered messages failed; their leases will expire");
         }
     }

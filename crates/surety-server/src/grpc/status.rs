@@ -36,6 +36,15 @@ pub(super) fn stream_error(request_id: u64, status: &Status) -> super::proto::Er
         code: code.to_owned(),
         message: status.message().to_owned(),
         grpc_status: status.code() as i32,
+        index: 0,
+    }
+}
+
+/// One refused receipt of an Ack or Nack, listed in its AckResult / NackResult.
+pub(super) fn receipt_error(index: usize, e: &BrokerError) -> super::proto::Error {
+    super::proto::Error {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        ..stream_error(0, &status_of(e))
     }
 }
 
@@ -53,14 +62,13 @@ pub(super) fn invalid_request(message: impl Into<String>) -> Status {
 
 fn grpc_code(code: &str) -> Code {
     match code {
-        "invalid_name" | "invalid_config" | "invalid_message" | "receipt_invalid" => {
-            Code::InvalidArgument
-        }
+        "invalid_name" | "invalid_config" | "invalid_message" | "invalid_request"
+        | "receipt_invalid" => Code::InvalidArgument,
         // A size limit of the topic, not a transient shortage: INVALID_ARGUMENT keeps
         // clients from retrying it (RESOURCE_EXHAUSTED is commonly retried).
         "message_too_large" => Code::InvalidArgument,
-        "topic_not_found" => Code::NotFound,
-        "sequence_too_old" | "receipt_stale" | "lease_expired" | "not_delivered" => {
+        "topic_not_found" | "group_not_found" => Code::NotFound,
+        "sequence_too_old" | "receipt_stale" | "lease_expired" | "not_delivered" | "topic_busy" => {
             Code::FailedPrecondition
         }
         // The topic stopped; a broker restart brings it back, so clients may retry.
@@ -107,6 +115,25 @@ mod tests {
         assert_eq!(
             code(BrokerError::InvalidName("x".into())),
             Code::InvalidArgument
+        );
+        assert_eq!(
+            code(surety_broker::limits::check_lease_ms(u64::MAX).unwrap_err()),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(BrokerError::GroupNotFound {
+                topic: "t".into(),
+                group: "g".into()
+            }),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(BrokerError::TopicBusy {
+                topic: "t".into(),
+                unsettled: 1,
+                dead_letters: 0
+            }),
+            Code::FailedPrecondition
         );
     }
 }

@@ -14,6 +14,14 @@ pub fn encode(bytes: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
+/// [`encode`], taking the bytes: UTF-8 text keeps their buffer, no copy.
+pub fn encode_owned(bytes: Vec<u8>) -> (Option<String>, Option<String>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (Some(text), None),
+        Err(e) => (None, Some(STANDARD.encode(e.as_bytes()))),
+    }
+}
+
 /// The bytes of a `field` / `field_base64` pair; giving both is an error.
 pub fn decode(
     field: &str,
@@ -41,6 +49,8 @@ mod tests {
     fn text_stays_text_and_binary_goes_base64() {
         assert_eq!(encode(b"hi"), (Some("hi".into()), None));
         assert_eq!(encode(&[0xff, 0]), (None, Some("/wA=".into())));
+        assert_eq!(encode_owned(b"hi".to_vec()), (Some("hi".into()), None));
+        assert_eq!(encode_owned(vec![0xff, 0]), (None, Some("/wA=".into())));
         assert_eq!(
             decode("p", None, Some("/wA=".into())).unwrap(),
             Some(vec![0xff, 0])

@@ -1,16 +1,18 @@
-//! `GET .../dead-letters`, `GET .../dead-letters/{id}`, `POST .../dead-letters/resend`,
-//! `POST .../dead-letters/purge`.
+//! `GET .../dead-letters?limit=N&after=ID` (one page), `GET .../dead-letters/{id}`,
+//! `POST .../dead-letters/resend`, `POST .../dead-letters/purge`.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use surety_broker::{DeadLetter, Selection};
+use surety_broker::{BrokerError, DeadLetter, DeadLetterPage, Selection, limits};
 
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::messages::MessageJson;
 use super::path::ApiPath;
+use super::query::{ApiQuery, NoQuery};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
@@ -43,24 +45,68 @@ impl From<DeadLetter> for DeadLetterJson {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct DeadLetterList {
-    pub dead_letters: Vec<DeadLetterJson>,
+/// `?limit=N&after=ID`: up to `limit` (1 to 1000, default 100) dead letters with ids
+/// above `after`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub after: Option<u64>,
 }
 
+/// One page: `{"dead_letters":[...],"next":ID or null}`; pass `after=<next>` for the next.
+///
+/// The page is written as it is read: each dead letter is read from the queue, its JSON
+/// appended to the answer, and the record dropped, so the answer (at most `limit` dead
+/// letters, about [`limits::PAGE_BYTES`] of payload) is the only copy held.
 pub async fn list(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
-) -> Result<Json<DeadLetterList>, ApiError> {
-    let dead_letters = state.broker.dead_letters(&topic, &group).await?;
-    Ok(Json(DeadLetterList {
-        dead_letters: dead_letters.into_iter().map(Into::into).collect(),
-    }))
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(limits::DEFAULT_DEAD_LETTER_PAGE);
+    let page = state
+        .broker
+        .dead_letter_page(&topic, &group, q.after, limit)
+        .await?;
+    // The reads are file reads: off the async workers.
+    let body = match tokio::task::spawn_blocking(move || write_page(page)).await {
+        Ok(body) => body?,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            let e = BrokerError::ShuttingDown(format!("dead-letter listing stopped: {e}"));
+            return Err(e.into());
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+fn write_page(mut page: DeadLetterPage) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    out.extend_from_slice(br#"{"dead_letters":["#);
+    let mut first = true;
+    for d in page.by_ref() {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut out, &DeadLetterJson::from(d?)).map_err(unserializable)?;
+    }
+    out.extend_from_slice(br#"],"next":"#);
+    serde_json::to_writer(&mut out, &page.next_cursor()).map_err(unserializable)?;
+    out.push(b'}');
+    Ok(out)
+}
+
+/// Writing plain data into a Vec cannot fail; should it, say so.
+fn unserializable(e: serde_json::Error) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
 pub async fn get(
     State(state): State<AppState>,
     ApiPath((topic, group, id)): ApiPath<(String, String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<DeadLetterJson>, ApiError> {
     let absent = || {
         ApiError::new(
@@ -113,6 +159,7 @@ pub struct PurgeResponse {
 pub async fn resend(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<SelectionRequest>,
 ) -> Result<Json<ResendResponse>, ApiError> {
     let which = req.selection()?;
@@ -125,6 +172,7 @@ pub async fn resend(
 pub async fn purge(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<SelectionRequest>,
 ) -> Result<Json<PurgeResponse>, ApiError> {
     let which = req.selection()?;

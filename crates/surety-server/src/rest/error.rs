@@ -57,12 +57,11 @@ impl ApiError {
 /// HTTP status of each broker error code.
 fn broker_status(code: &str) -> StatusCode {
     match code {
-        "invalid_name" | "invalid_config" | "invalid_message" | "receipt_invalid" => {
-            StatusCode::BAD_REQUEST
-        }
+        "invalid_name" | "invalid_config" | "invalid_message" | "invalid_request"
+        | "receipt_invalid" => StatusCode::BAD_REQUEST,
         "message_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "topic_not_found" => StatusCode::NOT_FOUND,
-        "sequence_too_old" | "receipt_stale" | "lease_expired" | "not_delivered" => {
+        "topic_not_found" | "group_not_found" => StatusCode::NOT_FOUND,
+        "sequence_too_old" | "receipt_stale" | "lease_expired" | "not_delivered" | "topic_busy" => {
             StatusCode::CONFLICT
         }
         "topic_failed" | "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,6 +102,25 @@ mod tests {
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         let e = ApiError::from(BrokerError::TopicFailed("t".into()));
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let e = ApiError::from(BrokerError::GroupNotFound {
+            topic: "t".into(),
+            group: "g".into(),
+        });
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, "group_not_found")
+        );
+        let e = ApiError::from(BrokerError::TopicBusy {
+            topic: "t".into(),
+            unsettled: 1,
+            dead_letters: 0,
+        });
+        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "topic_busy"));
+        let e = ApiError::from(surety_broker::limits::check_lease_ms(0).unwrap_err());
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        );
         let e = ApiError::from(BrokerError::Storage("disk".into()));
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     }

@@ -1,24 +1,41 @@
-//! `POST /v1/topics/{topic}/groups/{group}/fetch`, `.../ack`, `.../nack`.
+//! `POST /v1/topics/{topic}/groups/{group}/fetch`, `.../ack`, `.../nack`. Every number
+//! is bounded by `surety_broker::limits` (the broker checks them; fetch checks them again
+//! before it may create a group, so a refused fetch changes nothing).
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use surety_broker::Delivery;
-use surety_broker::topic::MAX_ACK_WAIT_MS;
+use surety_broker::{Delivery, StartAt, limits};
 
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::messages::MessageJson;
 use super::path::ApiPath;
+use super::query::{ApiQuery, NoQuery};
+use crate::settle::Batch;
 use crate::state::AppState;
 
-/// Most messages one fetch may ask for.
-pub const MAX_FETCH: usize = 1000;
-/// Longest a fetch may wait for messages: bounds how long shutdown waits for a poll.
-pub const MAX_WAIT_MS: u64 = 30_000;
 const DEFAULT_FETCH: usize = 10;
+
+/// Where a new group starts: `"earliest"` (the default) or `"latest"`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartJson {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+impl From<StartJson> for StartAt {
+    fn from(s: StartJson) -> Self {
+        match s {
+            StartJson::Earliest => StartAt::Earliest,
+            StartJson::Latest => StartAt::Latest,
+        }
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +44,8 @@ pub struct FetchRequest {
     pub wait_ms: Option<u64>,
     /// Defaults to the topic's `ack_wait_ms`.
     pub lease_ms: Option<u64>,
+    /// Where the group starts if this fetch creates it; ignored if it exists.
+    pub start: Option<StartJson>,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,27 +77,23 @@ impl From<Delivery> for DeliveryJson {
     }
 }
 
-fn check_range(field: &str, got: u64, min: u64, max: u64) -> Result<(), ApiError> {
-    if (min..=max).contains(&got) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_request(format!(
-            "{field} must be between {min} and {max}, got {got}"
-        )))
-    }
-}
-
 pub async fn fetch(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<FetchRequest>,
 ) -> Result<Json<FetchResponse>, ApiError> {
     let max = req.max.unwrap_or(DEFAULT_FETCH);
-    check_range("max", max as u64, 1, MAX_FETCH as u64)?;
     let wait_ms = req.wait_ms.unwrap_or(0);
-    check_range("wait_ms", wait_ms, 0, MAX_WAIT_MS)?;
+    limits::check_fetch(max, wait_ms)?;
     if let Some(lease) = req.lease_ms {
-        check_range("lease_ms", lease, 1, MAX_ACK_WAIT_MS)?;
+        limits::check_lease_ms(lease)?;
+    }
+    if let Some(start) = req.start {
+        state
+            .broker
+            .create_group(&topic, &group, start.into())
+            .await?;
     }
     let deliveries = state
         .broker
@@ -101,20 +116,48 @@ pub struct AckRequest {
     pub receipts: Vec<String>,
 }
 
+/// One refused receipt of an ack or nack: its index in `receipts`, and why.
+#[derive(Debug, Serialize)]
+pub struct ReceiptErrorJson {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn receipt_errors(batch: &Batch) -> Vec<ReceiptErrorJson> {
+    batch
+        .errors
+        .iter()
+        .map(|(index, e)| ReceiptErrorJson {
+            index: *index,
+            code: e.code(),
+            message: e.to_string(),
+        })
+        .collect()
+}
+
 #[derive(Debug, Serialize)]
 pub struct AckResponse {
     pub acked: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ReceiptErrorJson>,
 }
 
-/// All or nothing: one bad receipt refuses the batch.
+/// Each receipt on its own (crate::settle): the valid ones are acked, the refused ones
+/// listed; the request fails only when every receipt was refused.
 pub async fn ack(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<AckRequest>,
 ) -> Result<Json<AckResponse>, ApiError> {
-    let acked = state.broker.ack(&topic, &group, &req.receipts).await?;
-    crate::metrics::record_acked(acked);
-    Ok(Json(AckResponse { acked }))
+    let outcomes = state.broker.ack_each(&topic, &group, &req.receipts).await;
+    let batch = outcomes.and_then(Batch::judge)?;
+    crate::metrics::record_acked(&topic, &group, batch.applied);
+    Ok(Json(AckResponse {
+        acked: batch.applied,
+        errors: receipt_errors(&batch),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,26 +173,33 @@ pub struct NackRequest {
 #[derive(Debug, Serialize)]
 pub struct NackResponse {
     pub nacked: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ReceiptErrorJson>,
 }
 
-/// All or nothing, like ack. Each message comes back after `max(delay_ms, backoff)`, or
-/// goes to the dead letters at the topic's `max_deliveries`.
+/// Each receipt on its own, like ack. Each message comes back after
+/// `max(delay_ms, backoff)`, or goes to the dead letters at the topic's `max_deliveries`.
+/// `delay_ms` and `reason` out of bounds refuse the whole request.
 pub async fn nack(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<NackRequest>,
 ) -> Result<Json<NackResponse>, ApiError> {
-    check_range("delay_ms", req.delay_ms, 0, MAX_ACK_WAIT_MS)?;
-    let nacked = state
+    let outcomes = state
         .broker
-        .nack(
+        .nack_each(
             &topic,
             &group,
             &req.receipts,
             Duration::from_millis(req.delay_ms),
             &req.reason,
         )
-        .await?;
-    crate::metrics::record_nacked(nacked);
-    Ok(Json(NackResponse { nacked }))
+        .await;
+    let batch = outcomes.and_then(Batch::judge)?;
+    crate::metrics::record_nacked(&topic, &group, batch.applied);
+    Ok(Json(NackResponse {
+        nacked: batch.applied,
+        errors: receipt_errors(&batch),
+    }))
 }

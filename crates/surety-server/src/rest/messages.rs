@@ -1,5 +1,6 @@
-//! `POST /v1/topics/{topic}/messages`, and how a stored message looks in JSON (shared by
-//! fetch and dead-letter answers).
+//! `POST /v1/topics/{topic}/messages` (publish), `GET /v1/topics/{topic}/messages`
+//! (peek), and how a stored message looks in JSON (shared by fetch, peek and dead-letter
+//! answers).
 
 use std::collections::BTreeMap;
 
@@ -7,12 +8,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use surety_broker::{PublishMessage, PublishResult, StoredMessage};
+use surety_broker::{Peek, PublishMessage, PublishResult, StoredMessage, limits};
 
 use super::bytes;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::path::ApiPath;
+use super::query::{ApiQuery, NoQuery};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -86,15 +88,14 @@ impl NewMessage {
 }
 
 /// Stores the batch (all or nothing: any invalid message refuses the whole batch) and
-/// answers once every message is durable.
+/// answers once every message is durable. The broker bounds the batch (1 to 10000
+/// messages) and `not_before_ms`.
 pub async fn publish(
     State(state): State<AppState>,
     ApiPath(topic): ApiPath<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Json<PublishResponse>, ApiError> {
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid_request("messages must not be empty"));
-    }
     let mut batch = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.into_iter().enumerate() {
         let m = m.into_publish(state.max_message_bytes).map_err(|mut e| {
@@ -148,8 +149,8 @@ pub struct MessageJson {
 
 impl From<StoredMessage> for MessageJson {
     fn from(m: StoredMessage) -> Self {
-        let (key, key_base64) = m.key.as_deref().map(bytes::encode).unwrap_or_default();
-        let (payload, payload_base64) = bytes::encode(&m.payload);
+        let (key, key_base64) = m.key.map(bytes::encode_owned).unwrap_or_default();
+        let (payload, payload_base64) = bytes::encode_owned(m.payload);
         Self {
             key,
             key_base64,
@@ -168,4 +169,66 @@ impl From<StoredMessage> for MessageJson {
             }),
         }
     }
+}
+
+/// `?partition=P&offset=O&limit=N`: all optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeekQuery {
+    pub partition: Option<u32>,
+    /// Default: the partition's oldest stored message.
+    pub offset: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeekResponse {
+    pub messages: Vec<PeekedJson>,
+    /// Pass as `offset` for the next page.
+    pub next_offset: u64,
+    pub start_offset: u64,
+    pub end_offset: u64,
+}
+
+/// A stored message as peek shows it: no receipt, no delivery count.
+#[derive(Debug, Serialize)]
+pub struct PeekedJson {
+    pub partition: u32,
+    pub offset: u64,
+    #[serde(flatten)]
+    pub message: MessageJson,
+}
+
+impl From<Peek> for PeekResponse {
+    fn from(p: Peek) -> Self {
+        let partition = p.partition;
+        Self {
+            messages: p
+                .messages
+                .into_iter()
+                .map(|m| PeekedJson {
+                    partition,
+                    offset: m.offset,
+                    message: m.into(),
+                })
+                .collect(),
+            next_offset: p.next_offset,
+            start_offset: p.start_offset,
+            end_offset: p.end_offset,
+        }
+    }
+}
+
+/// Reads messages without delivering them: no lease, no delivery count, no group.
+pub async fn peek(
+    State(state): State<AppState>,
+    ApiPath(topic): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PeekQuery>,
+) -> Result<Json<PeekResponse>, ApiError> {
+    let limit = q.limit.unwrap_or(limits::DEFAULT_PEEK);
+    let peek = state
+        .broker
+        .peek(&topic, q.partition.unwrap_or(0), q.offset, limit)
+        .await?;
+    Ok(Json(peek.into()))
 }

@@ -1,15 +1,17 @@
 //! The REST API under `/v1` (docs/design.md, "Interfaces"), one file per resource. Every
 //! answer that is not a success is an [`ApiError`], including the framework's own
-//! rejections (see [`json`], [`path`], [`not_found`], [`method_not_allowed`]).
+//! rejections (see [`json`], [`path`], [`query`], [`not_found`], [`method_not_allowed`]).
 
 pub mod auth;
 pub mod bytes;
 pub mod dead_letters;
 pub mod error;
+pub mod group_admin;
 pub mod groups;
 pub mod json;
 pub mod messages;
 pub mod path;
+pub mod query;
 pub mod topics;
 
 use axum::Router;
@@ -25,8 +27,22 @@ pub fn routes() -> Router<AppState> {
     const GROUP: &str = "/v1/topics/{topic}/groups/{group}";
     Router::new()
         .route("/v1/topics", get(topics::list))
-        .route("/v1/topics/{topic}", get(topics::get).put(topics::put))
-        .route("/v1/topics/{topic}/messages", post(messages::publish))
+        .route(
+            "/v1/topics/{topic}",
+            get(topics::get).put(topics::put).delete(topics::delete),
+        )
+        .route(
+            "/v1/topics/{topic}/messages",
+            post(messages::publish).get(messages::peek),
+        )
+        .route("/v1/topics/{topic}/groups", get(group_admin::list))
+        .route(
+            GROUP,
+            get(group_admin::get)
+                .put(group_admin::put)
+                .delete(group_admin::delete),
+        )
+        .route(&format!("{GROUP}/seek"), post(group_admin::seek))
         .route(&format!("{GROUP}/fetch"), post(groups::fetch))
         .route(&format!("{GROUP}/ack"), post(groups::ack))
         .route(&format!("{GROUP}/nack"), post(groups::nack))

@@ -1,14 +1,16 @@
-//! `PUT /v1/topics/{topic}`, `GET /v1/topics`, `GET /v1/topics/{topic}`.
+//! `PUT /v1/topics/{topic}`, `GET /v1/topics`, `GET /v1/topics/{topic}`,
+//! `DELETE /v1/topics/{topic}[?force=true]`.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
-use surety_broker::{GroupInfo, TopicConfig, TopicConfigPatch, TopicInfo};
+use serde::{Deserialize, Serialize};
+use surety_broker::{GroupInfo, TopicConfig, TopicConfigPatch, TopicDeleted, TopicInfo};
 
 use super::error::ApiError;
 use super::json::OptionalJson;
 use super::path::ApiPath;
+use super::query::{ApiQuery, NoQuery};
 use crate::state::AppState;
 
 /// A topic as REST shows it.
@@ -25,7 +27,8 @@ pub struct TopicJson {
 }
 
 /// One consumer group: its lag, and the conservation counters summed over partitions
-/// (`accepted = acked + in_flight + pending + dead_lettered + expired_unsettled`).
+/// (`accepted = acked + in_flight + pending + dead_lettered + expired_unsettled +
+/// skipped_by_seek`).
 #[derive(Debug, Serialize)]
 pub struct GroupJson {
     pub name: String,
@@ -36,6 +39,8 @@ pub struct GroupJson {
     pub acked: u64,
     pub dead_lettered: u64,
     pub expired_unsettled: u64,
+    /// Unsettled messages a seek passed over.
+    pub skipped_by_seek: u64,
     pub redeliveries: u64,
     /// Dead letters in the queue now.
     pub dead_letters: u64,
@@ -55,6 +60,7 @@ impl From<GroupInfo> for GroupJson {
             acked: s.acked,
             dead_lettered: s.dead_lettered,
             expired_unsettled: s.expired_unsettled,
+            skipped_by_seek: s.skipped_by_seek,
             redeliveries: s.redeliveries,
             dead_letters: g.dead_letters_live,
             dead_letters_purged: g.dead_letters_purged,
@@ -85,6 +91,7 @@ pub struct TopicList {
 pub async fn put(
     State(state): State<AppState>,
     ApiPath(topic): ApiPath<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     OptionalJson(patch): OptionalJson<TopicConfigPatch>,
 ) -> Result<(StatusCode, Json<TopicJson>), ApiError> {
     let (info, created) = state.broker.put_topic(&topic, &patch).await?;
@@ -101,14 +108,61 @@ pub async fn put(
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(topic): ApiPath<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<TopicJson>, ApiError> {
     Ok(Json(state.broker.describe(&topic).await?.into()))
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<TopicList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
+) -> Result<Json<TopicList>, ApiError> {
     let mut topics = Vec::new();
     for name in state.broker.topic_names() {
-        topics.push(state.broker.describe(&name).await?.into());
+        match state.broker.describe(&name).await {
+            Ok(info) => topics.push(info.into()),
+            // Deleted since `topic_names`: not in the list.
+            Err(surety_broker::BrokerError::TopicNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(Json(TopicList { topics }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopicDeletedJson {
+    pub topic: String,
+    pub messages_dropped: u64,
+    pub groups_dropped: u64,
+    pub unsettled_dropped: u64,
+    pub dead_letters_dropped: u64,
+}
+
+/// Deletes the topic with its messages, groups and dead letters; 409 `topic_busy` while a
+/// group has unsettled messages or dead letters, unless `force=true`.
+pub async fn delete(
+    State(state): State<AppState>,
+    ApiPath(topic): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
+) -> Result<Json<TopicDeletedJson>, ApiError> {
+    let TopicDeleted {
+        messages,
+        groups,
+        unsettled,
+        dead_letters,
+    } = state.broker.delete_topic(&topic, q.force).await?;
+    Ok(Json(TopicDeletedJson {
+        topic,
+        messages_dropped: messages,
+        groups_dropped: groups,
+        unsettled_dropped: unsettled,
+        dead_letters_dropped: dead_letters,
+    }))
 }
