@@ -803,8 +803,9 @@ impl Broker {
         self.inner.topics.read().unwrap().keys().cloned().collect()
     }
 
-    /// Configuration, offsets and per-group state of a topic.
+    /// Configuration, offsets and per-group state of a topic (a failed topic too).
     pub async fn describe(&self, name: &str) -> Result<TopicInfo, BrokerError> {
+        validate_topic_name(name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
         let topic = self
             .inner
             .topics
