@@ -403,3 +403,246 @@ async fn receipts_forged_foreign_stale_expired() {
     );
     s.stop().await;
 }
+
+/// An `invalid_request` whose message names `what`.
+fn assert_names(got: &(StatusCode, serde_json::Value), what: &str) {
+    assert_error(got, BAD, "invalid_request");
+    let message = got.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains(what), "{what} not in {message:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_strings_are_parsed_strictly() {
+    let s = TestServer::start().await;
+    s.topic("t", json!({"partitions": 2})).await;
+    let dl = "/v1/topics/t/groups/g/dead-letters";
+    let peek = "/v1/topics/t/messages";
+    for (path, what) in [
+        (format!("{dl}?colour=red"), "colour"),
+        (format!("{dl}?limit=0"), "limit"),
+        (format!("{dl}?limit=1001"), "limit"),
+        (format!("{dl}?limit=ten"), "limit"),
+        (format!("{dl}?after=abc"), "after"),
+        (format!("{dl}?after=-1"), "after"),
+        (format!("{dl}?after="), "after"),
+        (format!("{dl}?limit=1&limit=2"), "limit"),
+        (format!("{peek}?limit=0"), "limit"),
+        (format!("{peek}?limit=1001"), "limit"),
+        (format!("{peek}?offset=x"), "offset"),
+        (format!("{peek}?partition=x"), "partition"),
+        (format!("{peek}?partition=2"), "partition"),
+        (format!("{peek}?group=g"), "group"),
+        ("/v1/topics?verbose=1".to_owned(), "verbose"),
+        ("/v1/topics/t?x=1".to_owned(), "x"),
+        ("/v1/topics/t/groups?all=1".to_owned(), "all"),
+        (
+            "/v1/topics/t/groups/g/dead-letters/1?full=1".to_owned(),
+            "full",
+        ),
+    ] {
+        assert_names(&s.get(&path).await, what);
+    }
+    // On bodies' routes too: a parameter no route knows is never silently ignored.
+    assert_names(
+        &s.post("/v1/topics/t/groups/g/fetch?max=5", json!({})).await,
+        "max",
+    );
+    assert_names(
+        &s.post(
+            "/v1/topics/t/messages?sync=0",
+            json!({"messages": [{"payload": "x"}]}),
+        )
+        .await,
+        "sync",
+    );
+    assert_names(&s.delete("/v1/topics/t?forse=true").await, "forse");
+    assert_names(&s.delete("/v1/topics/t?force=yes").await, "force");
+    // None of it changed anything.
+    assert_eq!(s.end_offsets("t").await, json!([0, 0]));
+    let (_, groups) = s.get("/v1/topics/t/groups").await;
+    assert_eq!(groups["groups"], json!([]));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_admin_bad_inputs() {
+    let s = TestServer::start().await;
+    s.topic("t", json!({"partitions": 2})).await;
+    s.publish_texts("t", &["a"]).await;
+    s.fetch("t", "g", json!({})).await;
+    let seek = "/v1/topics/t/groups/g/seek";
+    let nf = StatusCode::NOT_FOUND;
+
+    assert_names(
+        &s.post(seek, json!({"to": {"partition": 2, "offset": 0}}))
+            .await,
+        "partition",
+    );
+    for body in [
+        json!({"to": "sideways"}),
+        json!({"to": {"partition": 0}}),
+        json!({"to": {"timestamp_ms": "now"}}),
+        json!({"to": 5}),
+        json!({}),
+        json!({"to": "latest", "force": true}),
+    ] {
+        assert_error(&s.post(seek, body).await, BAD, "invalid_json");
+    }
+    assert_error(
+        &s.put("/v1/topics/t/groups/h", json!({"start": "middle"}))
+            .await,
+        BAD,
+        "invalid_json",
+    );
+    assert_error(
+        &s.post("/v1/topics/t/groups/h/fetch", json!({"start": "middle"}))
+            .await,
+        BAD,
+        "invalid_json",
+    );
+    // A refused fetch does not create its group, start or not.
+    assert_names(
+        &s.post(
+            "/v1/topics/t/groups/h/fetch",
+            json!({"start": "latest", "max": 0}),
+        )
+        .await,
+        "max",
+    );
+
+    // Groups that do not exist: seek and delete never create one.
+    for (method, path) in [
+        (Method::GET, "/v1/topics/t/groups/h"),
+        (Method::DELETE, "/v1/topics/t/groups/h"),
+    ] {
+        assert_error(&s.call(method, path, None).await, nf, "group_not_found");
+    }
+    assert_error(
+        &s.post("/v1/topics/t/groups/h/seek", json!({"to": "earliest"}))
+            .await,
+        nf,
+        "group_not_found",
+    );
+    let (_, groups) = s.get("/v1/topics/t/groups").await;
+    assert_eq!(groups["groups"].as_array().unwrap().len(), 1, "{groups}");
+
+    // Topics that do not exist.
+    assert_error(&s.delete("/v1/topics/missing").await, nf, "topic_not_found");
+    assert_error(
+        &s.delete("/v1/topics/missing?force=true").await,
+        nf,
+        "topic_not_found",
+    );
+    for path in [
+        "/v1/topics/missing/groups",
+        "/v1/topics/missing/groups/g",
+        "/v1/topics/missing/messages",
+    ] {
+        assert_error(&s.get(path).await, nf, "topic_not_found");
+    }
+    assert_error(
+        &s.put("/v1/topics/missing/groups/g", json!({})).await,
+        nf,
+        "topic_not_found",
+    );
+    assert_error(
+        &s.post("/v1/topics/missing/groups/g/seek", json!({"to": "latest"}))
+            .await,
+        nf,
+        "topic_not_found",
+    );
+
+    // Bad names are invalid_name on every call, never "not found".
+    for (method, path) in [
+        (Method::DELETE, "/v1/topics/a:b"),
+        (Method::GET, "/v1/topics/a:b"),
+        (Method::GET, "/v1/topics/a:b/groups"),
+        (Method::GET, "/v1/topics/a:b/messages"),
+        (Method::GET, "/v1/topics/t/groups/bad%20g"),
+        (Method::DELETE, "/v1/topics/t/groups/bad%20g"),
+        (Method::PUT, "/v1/topics/t/groups/bad%20g"),
+        (Method::GET, "/v1/topics/t/groups/a:b/dead-letters"),
+        (Method::GET, "/v1/topics/a:b/groups/g/dead-letters"),
+    ] {
+        let got = s.call(method.clone(), path, None).await;
+        assert_error(&got, BAD, "invalid_name");
+    }
+    for (path, body) in [
+        ("/v1/topics/t/groups/bad%20g/seek", json!({"to": "latest"})),
+        ("/v1/topics/a:b/groups/g/seek", json!({"to": "latest"})),
+        ("/v1/topics/a:b/groups/g/fetch", json!({})),
+        (
+            "/v1/topics/a:b/messages",
+            json!({"messages": [{"payload": "x"}]}),
+        ),
+        ("/v1/topics/t/groups/a:b/ack", json!({"receipts": []})),
+    ] {
+        assert_error(&s.post(path, body).await, BAD, "invalid_name");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_beyond_the_broker_limits_are_refused() {
+    let s = TestServer::start().await;
+    s.topic("t", json!({})).await;
+    s.publish_texts("t", &["a"]).await;
+    let got = s.fetch("t", "g", json!({})).await;
+    let r = got[0]["receipt"].clone();
+    let max = u64::MAX;
+    assert_names(
+        &s.post("/v1/topics/t/groups/g/fetch", json!({"lease_ms": max}))
+            .await,
+        "lease_ms",
+    );
+    assert_names(
+        &s.post(
+            "/v1/topics/t/groups/g/fetch",
+            json!({"lease_ms": 43_200_001}),
+        )
+        .await,
+        "43200000",
+    );
+    let nack = "/v1/topics/t/groups/g/nack";
+    assert_names(
+        &s.post(nack, json!({"receipts": [r], "delay_ms": max}))
+            .await,
+        "delay_ms",
+    );
+    assert_names(
+        &s.post(nack, json!({"receipts": [r], "reason": "x".repeat(4097)}))
+            .await,
+        "reason",
+    );
+    // The refused nacks left the delivery leased.
+    assert_eq!(s.group("t", "g").await["in_flight"], 1);
+    let (status, v) = s
+        .post(nack, json!({"receipts": [r], "reason": "x".repeat(4096)}))
+        .await;
+    assert_eq!((status, v), (StatusCode::OK, json!({"nacked": 1})));
+
+    assert_names(
+        &s.post(
+            "/v1/topics/t/messages",
+            json!({"messages": [{"payload": "x", "not_before_ms": 99_999_999_999_999_999u64}]}),
+        )
+        .await,
+        "not_before_ms",
+    );
+    // Empty: refused by the broker's batch bound.
+    assert_names(
+        &s.post("/v1/topics/t/messages", json!({"messages": []}))
+            .await,
+        "messages",
+    );
+    // In the past: delivered at once.
+    let (status, _) = s
+        .post(
+            "/v1/topics/t/messages",
+            json!({"messages": [{"payload": "y", "not_before_ms": 1}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.end_offsets("t").await, json!([2]));
+    s.stop().await;
+}

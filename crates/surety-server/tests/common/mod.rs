@@ -28,7 +28,20 @@ impl TestServer {
 
     /// `tweak` may change the settings; it gets the data directory's parent to put files in.
     pub async fn start_with(tweak: impl FnOnce(&mut Settings, &Path)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), tweak).await
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> TestServer {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        Self::start_in(self.dir, |_, _| {}).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Settings, &Path),
+    ) -> TestServer {
         let mut settings = Settings {
             data: Some(dir.path().join("data")),
             listen: Some("127.0.0.1:0".into()),
@@ -93,6 +106,30 @@ impl TestServer {
         self.call(Method::PUT, path, Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// One group of a topic, as `GET /v1/topics/{topic}` shows it.
+    pub async fn group(&self, topic: &str, group: &str) -> Value {
+        let (s, t) = self.get(&format!("/v1/topics/{topic}")).await;
+        assert_eq!(s, StatusCode::OK, "{t}");
+        t["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == group)
+            .unwrap_or_else(|| panic!("no group {group} in {t}"))
+            .clone()
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        let res = self.request(Method::GET, "/metrics").send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.text().await.unwrap()
+    }
+
     /// Creates a topic with these settings (`{}` for defaults).
     pub async fn topic(&self, name: &str, config: Value) {
         let (s, v) = self.put(&format!("/v1/topics/{name}"), config).await;
@@ -145,6 +182,28 @@ pub async fn answer(res: reqwest::Response) -> (StatusCode, Value) {
         "{status} {ct:?}: {text}"
     );
     (status, serde_json::from_str(&text).unwrap())
+}
+
+/// The value of one series (`name{labels}`) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Polls `check` every 50 ms until it holds, failing after 20 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Asserts an error answer: status, code, and a non-empty message.
