@@ -2,8 +2,9 @@
 //! credits, and the reader applies the client's credits, acks, nacks and drain.
 //!
 //! Credits are a window: the server never has more unsettled deliveries outstanding on
-//! the stream than granted. Settling (ack or nack, accepted or refused) frees a credit.
-//! When the client goes away, fetching stops; deliveries it never settled are left to
+//! the stream than granted, at most [`MAX_WINDOW`]. Settling (ack or nack, accepted or
+//! refused) frees a credit, unless the request was refused as a whole for its own fields.
+//! Each receipt of an Ack or Nack stands alone (`crate::settle`). When the client goes away, fetching stops; deliveries it never settled are left to
 //! their leases, which expire into redelivery (at-least-once).
 
 use std::collections::HashSet;
@@ -31,7 +32,7 @@ const FETCH_LINGER: Duration = Duration::from_millis(2);
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// Largest window one stream may hold; more would only pin leases nobody works on. A
 /// Subscribe or Credit asking for more is refused, never silently capped.
-pub const MAX_WINDOW: usize = 10_000;
+const MAX_WINDOW: usize = 10_000;
 /// Acks and nacks of one stream applied at the same time (they share group commits).
 const MAX_CONCURRENT_SETTLES: usize = 64;
 /// A fetch's deliveries are split into responses of about this many bytes.
@@ -208,7 +209,7 @@ impl Session {
         // say) judged no receipt: those deliveries are still the client's, leased, to
         // settle again. Otherwise, accepted or refused, they are no longer the client's
         // to work on (a refused one is expired or superseded), so their credits come back.
-        let judged = !matches!(&outcomes, Err(e) if e.code() == "invalid_request");
+        let judged = !matches!(&outcomes, Err(BrokerError::OutOfRange { .. }));
         if judged {
             let freed = {
                 let mut outstanding = self.outstanding.lock().unwrap();
