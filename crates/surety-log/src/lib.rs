@@ -25,7 +25,7 @@ pub mod segment;
 pub mod storage;
 mod writer;
 
-pub use config::{Durability, LogConfig, VerifyOnOpen};
+pub use config::{Durability, LogConfig, PREALLOCATE_FIRST_BYTES, VerifyOnOpen};
 pub use error::{AppendError, Corruption, OpenError, ReadError, RetentionError};
 pub use log::{AppendTicket, Log, LogStats, RetentionOutcome, RetentionPolicy};
 pub use record::{Header, NewRecord, Record};

@@ -276,11 +276,10 @@ fn recover_tail(
                 ));
             }
         }
+        // Physically, so no stale frame can be chained into later. No preallocation here:
+        // the writer reserves space again (growth rule of `LogConfig::preallocate`) on
+        // its first write past the file's end.
         file.set_len(stop.pos).map_err(io_at(path))?;
-        if config.preallocate {
-            file.preallocate(config.segment_bytes)
-                .map_err(io_at(path))?;
-        }
         file.sync_all().map_err(io_at(path))?;
         tracing::info!(?path, position = stop.pos, reason = %stop.error, "truncated torn tail");
         report.truncated_tail = Some(TruncatedTail {

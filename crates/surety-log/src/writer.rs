@@ -46,6 +46,9 @@ struct Tail {
     pos: u64,
     next_offset: u64,
     last_index_pos: Option<u64>,
+    /// End of the blocks reserved for the segment (`LogConfig::preallocate`): the file's
+    /// length when the writer took it over, then what the writer reserved.
+    reserved: u64,
 }
 
 pub(crate) fn spawn(inner: Arc<Inner>, active_end_pos: u64) -> io::Result<JoinHandle<()>> {
@@ -57,11 +60,13 @@ pub(crate) fn spawn(inner: Arc<Inner>, active_end_pos: u64) -> io::Result<JoinHa
             st.index.last().map(|e| u64::from(e.position)),
         )
     };
+    let reserved = segment.file.len()?;
     let tail = Tail {
         segment,
         pos: active_end_pos,
         next_offset,
         last_index_pos,
+        reserved,
     };
     std::thread::Builder::new()
         .name("surety-log-writer".into())
@@ -211,6 +216,15 @@ fn flush(inner: &Inner, tail: &mut Tail, buf: &mut Vec<u8>, chunk: &mut Chunk) -
         return Ok(());
     }
     let file = &tail.segment.file;
+    let end = tail.pos + buf.len() as u64;
+    if inner.config.preallocate && end > tail.reserved {
+        // Grow the reservation ahead of the data (doubling; see `LogConfig::preallocate`)
+        // so this and the next writes overwrite reserved blocks. What it adds reads as
+        // zeros, the end of data for recovery, until a synced write covers it.
+        let target = inner.config.preallocation_after(tail.reserved, end);
+        file.preallocate(target)?;
+        tail.reserved = target;
+    }
     file.write_all_at(buf, tail.pos)?;
     inner.counters.writes.fetch_add(1, Ordering::Relaxed);
     if inner.config.durability == Durability::Fsync {
@@ -267,6 +281,11 @@ fn roll(inner: &Inner, tail: &mut Tail) -> io::Result<()> {
     tail.segment = segment;
     tail.pos = SEGMENT_HEADER_LEN as u64;
     tail.last_index_pos = None;
+    tail.reserved = if inner.config.preallocate {
+        inner.config.first_preallocation()
+    } else {
+        SEGMENT_HEADER_LEN as u64
+    };
     Ok(())
 }
 
@@ -309,8 +328,9 @@ pub(crate) fn write_index_file(
     }
 }
 
-/// Creates an empty segment durably: header written and synced, name synced in the
-/// directory, before any record may go into it.
+/// Creates an empty segment durably: header written (and the first preallocated extent
+/// reserved, `LogConfig::preallocate`) and synced, name synced in the directory, before
+/// any record may go into it.
 pub(crate) fn create_segment(
     storage: &dyn crate::storage::Storage,
     dir: &std::path::Path,
@@ -321,7 +341,7 @@ pub(crate) fn create_segment(
     let file = storage.create_new(&path)?;
     file.write_all_at(&encode_header(base_offset), 0)?;
     if config.preallocate {
-        file.preallocate(config.segment_bytes)?;
+        file.preallocate(config.first_preallocation())?;
     }
     file.sync_all()?;
     storage.sync_dir(dir)?;

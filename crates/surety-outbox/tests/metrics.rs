@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PgSchema, RunningRelay, TestServer, fast_config, unique, wait_settled};
+use common::{PgSchema, RunningRelay, SqliteFile, TestServer, fast_config, unique, wait_settled};
 use surety_outbox::{RelayConfig, metrics as m};
 
 /// The value of an unlabelled metric in Prometheus text, if present.
@@ -68,4 +68,45 @@ async fn postgres_relay_exports_pending_age_published_and_dead() {
     relay.stop().await;
     server.stop().await;
     pg.drop().await;
+}
+
+/// `relay::sample_pending` (what `surety outbox relay` runs while the server is down)
+/// counts pending rows, claimed or not, and ages the oldest; sent and dead rows do not
+/// count. The gauges' export is covered by crates/surety/tests/outbox_metrics.rs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_pending_counts_pending_rows_without_a_relay() {
+    let sqlite = SqliteFile::create().await;
+    assert_eq!(
+        surety_outbox::relay::sample_pending(&sqlite.db)
+            .await
+            .unwrap(),
+        (0, 0.0)
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for (payload, age_ms, state, relay_seq) in [
+        ("a", 7_000, "pending", Some(1i64)),
+        ("b", 1_000, "pending", None),
+        ("c", 60_000, "sent", Some(2)),
+        ("d", 90_000, "dead", None),
+    ] {
+        sqlx::query(
+            "INSERT INTO surety_outbox (topic, payload, created_at, state, relay_seq)
+             VALUES ('t', ?1, ?2, ?3, ?4)",
+        )
+        .bind(payload)
+        .bind(now_ms - age_ms)
+        .bind(state)
+        .bind(relay_seq)
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    }
+    let (pending, age) = surety_outbox::relay::sample_pending(&sqlite.db)
+        .await
+        .unwrap();
+    assert_eq!(pending, 2);
+    assert!((7.0..60.0).contains(&age), "{age}");
 }

@@ -132,31 +132,87 @@ pub async fn project(db: &Database, delivery: &Delivery) -> Result<bool> {
     Ok(outcome != Processed::Duplicate)
 }
 
-/// Runs the projection consumer until `stop`; returns (applied, skipped redeliveries).
-pub async fn run_projection(db: Database, client: Client, stop: StopHandle) -> Result<(u64, u64)> {
+/// What a projection run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProjectionStats {
+    /// Orders added to the projection.
+    pub applied: u64,
+    /// Redeliveries the inbox recognised and skipped.
+    pub skipped: u64,
+    /// Deliveries that could not be projected, and were nacked.
+    pub failed: u64,
+}
+
+/// Runs the projection consumer until `stop`. A delivery it cannot project (not an
+/// order, or the database failed) is nacked, and a line on stdout says so: the broker
+/// redelivers it until the topic's `max_deliveries`, then moves it to the group's dead
+/// letters, where it waits for `surety dlq resend` or `purge`. Nothing is skipped
+/// silently.
+pub async fn run_projection(
+    db: Database,
+    client: Client,
+    stop: StopHandle,
+) -> Result<ProjectionStats> {
+    let max_deliveries = max_deliveries(&client).await;
     let applied = Arc::new(AtomicU64::new(0));
     let skipped = Arc::new(AtomicU64::new(0));
-    let (a, s) = (applied.clone(), skipped.clone());
+    let failed = Arc::new(AtomicU64::new(0));
+    let (a, s, f) = (applied.clone(), skipped.clone(), failed.clone());
     Consumer::builder(client, TOPIC, PROJECTION)
         .stop_with(stop)
         .run(move |d: Delivery| {
-            let (db, a, s) = (db.clone(), a.clone(), s.clone());
+            let (db, a, s, f) = (db.clone(), a.clone(), s.clone(), f.clone());
             async move {
-                // Err nacks: the broker redelivers, and the inbox makes that safe.
-                let counter = if project(&db, &d).await.map_err(|e| format!("{e:#}"))? {
-                    a
-                } else {
-                    s
+                match project(&db, &d).await {
+                    Ok(true) => a.fetch_add(1, Ordering::Relaxed),
+                    Ok(false) => s.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!("{e:#}");
+                        println!("{}", failure_line(&d, max_deliveries, &reason));
+                        // Err nacks: the broker redelivers, and the inbox makes that safe.
+                        return Err(reason);
+                    }
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
                 Ok::<(), String>(())
             }
         })
         .await?;
-    Ok((
-        applied.load(Ordering::Relaxed),
-        skipped.load(Ordering::Relaxed),
-    ))
+    Ok(ProjectionStats {
+        applied: applied.load(Ordering::Relaxed),
+        skipped: skipped.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+    })
+}
+
+/// The topic's `max_deliveries`, if the server says (only for the message printed).
+async fn max_deliveries(client: &Client) -> Option<u32> {
+    let topic = client.describe_topic(TOPIC).await.ok()?;
+    let config: serde_json::Value = serde_json::from_str(&topic.config_json).ok()?;
+    config.get("max_deliveries")?.as_u64()?.try_into().ok()
+}
+
+/// What `orders project` prints for a delivery it nacks.
+pub fn failure_line(d: &Delivery, max_deliveries: Option<u32>, reason: &str) -> String {
+    let at = format!("{TOPIC} {}:{}", d.partition, d.offset);
+    let fate = match max_deliveries {
+        Some(max) if d.delivery_count >= max => format!(
+            "nacked for the last time (delivery {} of {max}): it goes to the dead letters, \
+             see `surety dlq list {TOPIC} --group {PROJECTION}`",
+            d.delivery_count
+        ),
+        Some(max) => format!(
+            "nacked (delivery {} of {max}): it will be redelivered, and dead-lettered \
+             after {max}",
+            d.delivery_count
+        ),
+        None => format!(
+            "nacked (delivery {}): it will be redelivered, and dead-lettered after the \
+             topic's max_deliveries",
+            d.delivery_count
+        ),
+    };
+    format!("cannot project {at}: {reason}; {fate}")
 }
 
 /// The projection: (customer, orders, total_cents), by customer.

@@ -29,6 +29,9 @@ struct Cli {
         default_value = "http://127.0.0.1:7333"
     )]
     server: String,
+    /// Bearer token, if the server requires one (its auth_token_file)
+    #[arg(long, env = "SURETY_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,7 +66,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Setup => {
             orders::migrate(&db).await?;
-            let client = Client::connect(&cli.server, None).await?;
+            let client = Client::connect(&cli.server, cli.token.as_deref()).await?;
             client.create_topic(orders::TOPIC, "").await?;
             println!("tables and topic {:?} ready", orders::TOPIC);
         }
@@ -77,7 +80,7 @@ async fn main() -> Result<()> {
             println!("placed {count} orders");
         }
         Command::Relay { drain } => {
-            let client = Client::connect(&cli.server, None).await?;
+            let client = Client::connect(&cli.server, cli.token.as_deref()).await?;
             let relay = Relay::new(db.clone(), client, RelayConfig::default());
             let stop = relay.stop_handle();
             let counters = relay.counters();
@@ -94,7 +97,7 @@ async fn main() -> Result<()> {
             println!("relayed: {:?}", counters.snapshot());
         }
         Command::Project { seconds } => {
-            let client = Client::connect(&cli.server, None).await?;
+            let client = Client::connect(&cli.server, cli.token.as_deref()).await?;
             let stop = StopHandle::new();
             let s = stop.clone();
             tokio::spawn(async move {
@@ -106,8 +109,11 @@ async fn main() -> Result<()> {
                 }
                 s.stop();
             });
-            let (applied, skipped) = orders::run_projection(db.clone(), client, stop).await?;
-            println!("projected {applied} orders, skipped {skipped} redeliveries");
+            let stats = orders::run_projection(db.clone(), client, stop).await?;
+            println!(
+                "projected {} orders, skipped {} redeliveries, nacked {} deliveries it could not project",
+                stats.applied, stats.skipped, stats.failed
+            );
         }
         Command::Totals => {
             for (customer, n, cents) in orders::totals(&db).await? {

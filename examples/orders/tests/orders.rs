@@ -62,8 +62,9 @@ async fn scenario(db: Database) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.stop();
-    let (applied, _) = projection.await.unwrap().unwrap();
-    assert_eq!(applied, ORDERS as u64);
+    let stats = projection.await.unwrap().unwrap();
+    assert_eq!(stats.applied, ORDERS as u64);
+    assert_eq!(stats.failed, 0);
 
     // Every message delivered again (a fresh group reads them all): all skipped.
     let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
@@ -142,4 +143,102 @@ async fn postgres_orders_are_relayed_and_projected_exactly_once() {
         .execute(&admin)
         .await
         .unwrap();
+}
+
+/// Runs the `orders` binary to completion; (exit success, stdout, stderr).
+async fn orders_bin(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(args)
+        .env_remove("SURETY_TOKEN")
+        .env_remove("DATABASE_URL")
+        .env_remove("SURETY_SERVER")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `orders --token` reaches a server with auth, and `orders project` prints one line for
+/// each delivery it cannot project and nacks, down to the one that goes to the dead
+/// letters; the message is then in the group's dead-letter queue, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_reports_each_message_it_cannot_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("tokens");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let server = Server::bind(
+        Config::from_settings(Settings {
+            data: Some(dir.path().join("data")),
+            listen: Some("127.0.0.1:0".into()),
+            auth_token_file: Some(token_file),
+            ..Settings::default()
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let db_url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    let common = ["--server", url.as_str(), "--database-url", db_url.as_str()];
+
+    let (ok, _, stderr) = orders_bin(&[&common[..], &["setup"]].concat()).await;
+    assert!(!ok, "setup without the token must fail");
+    assert!(stderr.to_lowercase().contains("unauth"), "{stderr}");
+    let with_token = [&common[..], &["--token", "s3cret"]].concat();
+    let (ok, stdout, stderr) = orders_bin(&[&with_token[..], &["setup"]].concat()).await;
+    assert!(ok, "{stdout}{stderr}");
+
+    let client = Client::connect(&url, Some("s3cret")).await.unwrap();
+    client
+        .create_topic(
+            orders::TOPIC,
+            r#"{"max_deliveries":2,"retry_backoff":{"initial_ms":10,"max_ms":10}}"#,
+        )
+        .await
+        .unwrap();
+    // Not an order: no producer sequence or id, not `id,customer,amount`.
+    surety_client::Producer::new(client.clone())
+        .publish(orders::TOPIC, surety_client::Message::new("hello"))
+        .await
+        .unwrap();
+
+    let (ok, stdout, stderr) =
+        orders_bin(&[&with_token[..], &["project", "--for", "3"]].concat()).await;
+    assert!(ok, "{stdout}{stderr}");
+    let failures: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("cannot project orders 0:0: "))
+        .collect();
+    assert_eq!(failures.len(), 2, "{stdout}");
+    assert!(
+        failures[0].ends_with(
+            "nacked (delivery 1 of 2): it will be redelivered, and dead-lettered after 2"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        failures[1].contains("nacked for the last time (delivery 2 of 2): it goes to the dead letters, see `surety dlq list orders --group order-totals`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("nacked 2 deliveries it could not project"),
+        "{stdout}"
+    );
+    let groups = client.describe_topic(orders::TOPIC).await.unwrap().groups;
+    let group = groups
+        .iter()
+        .find(|g| g.name == orders::PROJECTION)
+        .unwrap();
+    assert_eq!(group.dead_letters, 1, "{group:?}");
+
+    let _ = stop_server.send(());
+    server.await.unwrap().unwrap();
 }

@@ -1,21 +1,29 @@
 //! [`Storage`] on the real file system.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::{Storage, StorageFile};
 
+/// Mode of every file the log creates: the records are the application's data, readable
+/// by the owner only (the umask can only narrow it further).
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the log creates.
+pub const DIR_MODE: u32 = 0o700;
+
 /// Real files through `std::fs`, `pread`/`pwrite`, `fdatasync` and `posix_fallocate`.
+/// Files are created with [`FILE_MODE`], directories with [`DIR_MODE`]; existing ones keep
+/// the mode they have.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FileStorage;
 
 impl Storage for FileStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
     }
 
     fn list_files(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -41,6 +49,7 @@ impl Storage for FileStorage {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(path)?;
         Ok(Arc::new(RealFile(file)))
     }

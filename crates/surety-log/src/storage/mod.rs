@@ -17,7 +17,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use fs::FileStorage;
+pub use fs::{DIR_MODE, FILE_MODE, FileStorage};
 pub use sim::{SimOptions, SimStorage};
 
 /// A directory tree of files.

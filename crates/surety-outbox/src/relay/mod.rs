@@ -302,6 +302,20 @@ fn set_pending_gauges(pending: i64, oldest_age_seconds: f64) {
     metrics::gauge!(m::OLDEST_PENDING_AGE_SECONDS).set(oldest_age_seconds);
 }
 
+/// Samples the pending rows and the age of the oldest (seconds, 0 when none) and sets
+/// the two gauges ([`m::PENDING_ROWS`], [`m::OLDEST_PENDING_AGE_SECONDS`]). The active
+/// relay does this itself every `maintenance_interval`; call it to keep the gauges
+/// current while no relay can run, e.g. while the Surety server is unreachable (the
+/// backlog is exactly what an alert should see then).
+pub async fn sample_pending(db: &Database) -> Result<(i64, f64), sqlx::Error> {
+    let (pending, age) = match db {
+        Database::Postgres(p) => pg::pending(p).await?,
+        Database::Sqlite(p) => sqlite::pending(p).await?,
+    };
+    set_pending_gauges(pending, age);
+    Ok((pending, age))
+}
+
 /// Sleeps `d`, or less if a stop is asked.
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) {
     if *stop.borrow() {
@@ -350,6 +364,7 @@ impl Relay {
     /// Runs until stopped ([`RelayStop`]) or a fatal error. Database and broker outages
     /// are waited out.
     pub async fn run(self) -> Result<RelayStats, RelayError> {
+        m::describe();
         let mut stop = self.stop.subscribe();
         self.check_schema().await?;
         let mut db_failures = 0u32;

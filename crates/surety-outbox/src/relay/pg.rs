@@ -216,6 +216,23 @@ pub async fn maintain(
     pool: &PgPool,
     retention: Option<Duration>,
 ) -> Result<(i64, f64), sqlx::Error> {
+    let sample = pending(pool).await?;
+    if let Some(retention) = retention {
+        sqlx::query(
+            "DELETE FROM surety_outbox WHERE id IN (
+                 SELECT id FROM surety_outbox
+                 WHERE state = 'sent' AND sent_at < clock_timestamp() - $1 * interval '1 millisecond'
+                 LIMIT 10000)",
+        )
+        .bind(retention.as_millis() as i64)
+        .execute(pool)
+        .await?;
+    }
+    Ok(sample)
+}
+
+/// (pending rows, age of the oldest in seconds, 0 when none).
+pub async fn pending(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
     // Pending rows are unclaimed or claimed, each with a partial index; a plain
     // `WHERE state = 'pending'` would scan every sent row kept for the retention.
     // The oldest is taken to be the pending row with the lowest id.
@@ -231,16 +248,5 @@ pub async fn maintain(
     )
     .fetch_one(pool)
     .await?;
-    if let Some(retention) = retention {
-        sqlx::query(
-            "DELETE FROM surety_outbox WHERE id IN (
-                 SELECT id FROM surety_outbox
-                 WHERE state = 'sent' AND sent_at < clock_timestamp() - $1 * interval '1 millisecond'
-                 LIMIT 10000)",
-        )
-        .bind(retention.as_millis() as i64)
-        .execute(pool)
-        .await?;
-    }
     Ok((pending, age.unwrap_or(0.0).max(0.0)))
 }

@@ -173,21 +173,7 @@ impl SqliteLeader {
     }
 
     pub async fn maintain(&mut self, retention: Option<Duration>) -> Result<(i64, f64), LeadEnd> {
-        // As on Postgres: through the two partial indexes of pending rows, not a scan of
-        // every sent row kept for the retention.
-        let (pending, age_ms): (i64, Option<i64>) = sqlx::query_as(&format!(
-            "WITH firsts AS (SELECT
-                 (SELECT min(id) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NULL) AS a,
-                 (SELECT min(id) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NOT NULL) AS b)
-             SELECT
-               (SELECT count(*) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NULL)
-             + (SELECT count(*) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NOT NULL),
-               {SQLITE_NOW_MS} - (SELECT created_at FROM surety_outbox, firsts
-                                  WHERE id = min(coalesce(a, b), coalesce(b, a)))
-             FROM firsts"
-        ))
-        .fetch_one(&self.pool)
-        .await?;
+        let sample = pending(&self.pool).await?;
         if let Some(retention) = retention {
             sqlx::query(&format!(
                 "DELETE FROM surety_outbox WHERE id IN (
@@ -198,7 +184,7 @@ impl SqliteLeader {
             .execute(&self.pool)
             .await?;
         }
-        Ok((pending, age_ms.unwrap_or(0).max(0) as f64 / 1000.0))
+        Ok(sample)
     }
 
     /// Gives the lease up, so a standby need not wait for it to run out.
@@ -212,4 +198,24 @@ impl SqliteLeader {
         .execute(&self.pool)
         .await;
     }
+}
+
+/// (pending rows, age of the oldest in seconds, 0 when none).
+pub async fn pending(pool: &SqlitePool) -> Result<(i64, f64), sqlx::Error> {
+    // As on Postgres: through the two partial indexes of pending rows, not a scan of
+    // every sent row kept for the retention.
+    let (pending, age_ms): (i64, Option<i64>) = sqlx::query_as(&format!(
+        "WITH firsts AS (SELECT
+             (SELECT min(id) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NULL) AS a,
+             (SELECT min(id) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NOT NULL) AS b)
+         SELECT
+           (SELECT count(*) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NULL)
+         + (SELECT count(*) FROM surety_outbox WHERE state = 'pending' AND relay_seq IS NOT NULL),
+           {SQLITE_NOW_MS} - (SELECT created_at FROM surety_outbox, firsts
+                              WHERE id = min(coalesce(a, b), coalesce(b, a)))
+         FROM firsts"
+    ))
+    .fetch_one(pool)
+    .await?;
+    Ok((pending, age_ms.unwrap_or(0).max(0) as f64 / 1000.0))
 }

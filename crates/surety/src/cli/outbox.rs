@@ -2,11 +2,14 @@
 //! application's Postgres or SQLite database (docs/outbox.md).
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use surety_client::{Client, RetryPolicy};
 use surety_outbox::{Database, Relay, RelayConfig};
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 pub const LONG_ABOUT: &str = "\
@@ -65,8 +68,14 @@ lease), the others stand by and take over when it dies. Rows that the server ref
 publish are retried with backoff and marked dead after --max-attempts. Dead rows stay
 in the table: SELECT id, topic, last_error FROM surety_outbox WHERE state = 'dead'.
 
+While the Surety server is unreachable the relay waits for it (rows stay pending in
+the outbox) and keeps sampling the backlog. With --metrics-listen it serves Prometheus
+metrics (surety_outbox_pending_rows, surety_outbox_oldest_pending_age_seconds,
+surety_outbox_published_total, ...) on GET /metrics; docs/alerts.yml alerts on them.
+
 Example:
-  surety outbox relay --database-url postgres://app@127.0.0.1/shop --server http://127.0.0.1:7333";
+  surety outbox relay --database-url postgres://app@127.0.0.1/shop --server http://127.0.0.1:7333 \
+      --metrics-listen 127.0.0.1:9464";
 
 #[derive(Debug, Args)]
 struct RelayArgs {
@@ -109,7 +118,17 @@ struct RelayArgs {
     /// Delete sent rows older than this many hours (0 keeps them)
     #[arg(long, value_name = "HOURS", default_value_t = 24)]
     keep_sent_hours: u64,
+
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
+
+/// How often the relay tries the server again while it is unreachable (doubling up to
+/// this), sampling the backlog gauges each time.
+const SERVER_RETRY_MAX: Duration = Duration::from_secs(5);
+/// A connection attempt that takes longer than this counts as "unreachable".
+const SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an outbox command failed; one line each.
 #[derive(Debug, thiserror::Error)]
@@ -118,10 +137,8 @@ enum OutboxCliError {
     Connect(#[from] surety_outbox::ConnectError),
     #[error("{0}")]
     Migrate(#[from] surety_outbox::MigrateError),
-    #[error(
-        "cannot reach the Surety server at {url}: is it running? (start it with: surety serve)"
-    )]
-    Server { url: String },
+    #[error("cannot serve metrics on {addr}: {reason}")]
+    Metrics { addr: SocketAddr, reason: String },
     #[error("{0}")]
     Client(surety_client::ConnectError),
     #[error("{0}")]
@@ -169,13 +186,32 @@ async fn migrate(db: DatabaseArg) -> Result<(), OutboxCliError> {
 }
 
 async fn relay(args: RelayArgs) -> Result<(), OutboxCliError> {
+    if let Some(addr) = args.metrics_listen {
+        // Binds at once (an address in use fails here, not later) and serves every path
+        // with the Prometheus text, on this runtime.
+        PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| OutboxCliError::Metrics {
+                addr,
+                reason: e.to_string(),
+            })?;
+        surety_outbox::metrics::describe();
+    }
     let database = Database::connect(&args.db.database_url).await?;
-    let client = Client::connect(&args.server, args.token.as_deref())
-        .await
-        .map_err(|e| match e {
-            surety_client::ConnectError::Connect { url, .. } => OutboxCliError::Server { url },
-            other => OutboxCliError::Client(other),
-        })?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    if let Some(addr) = args.metrics_listen {
+        eprintln!("outbox relay: metrics on http://{addr}/metrics");
+    }
+    let Some(client) = wait_for_server(&args, &database, &mut stop_rx).await? else {
+        database.close().await;
+        eprintln!("outbox relay stopped before the Surety server was reachable");
+        return Ok(());
+    };
     let config = RelayConfig {
         batch_size: args.batch_size as usize,
         max_attempts: args.max_attempts,
@@ -192,7 +228,7 @@ async fn relay(args: RelayArgs) -> Result<(), OutboxCliError> {
     let relay = Relay::new(database.clone(), client, config);
     let stop = relay.stop_handle();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        let _ = stop_rx.wait_for(|stopped| *stopped).await;
         stop.stop();
     });
     eprintln!("outbox relay: publishing to {}", args.server);
@@ -203,6 +239,53 @@ async fn relay(args: RelayArgs) -> Result<(), OutboxCliError> {
         stats.published, stats.duplicates, stats.failures, stats.dead
     );
     Ok(())
+}
+
+/// Connects to the Surety server, waiting for it while it is unreachable: the relay is a
+/// daemon, and a broker outage at its start is waited out like one later on (rows stay
+/// pending, the backlog gauges keep being sampled). `None` when stopped first.
+async fn wait_for_server(
+    args: &RelayArgs,
+    database: &Database,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Client>, OutboxCliError> {
+    let mut delay = Duration::from_millis(250);
+    let mut warned = false;
+    loop {
+        let attempt = tokio::time::timeout(
+            SERVER_CONNECT_TIMEOUT,
+            Client::connect(&args.server, args.token.as_deref()),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(client)) => {
+                if warned {
+                    tracing::info!(server = %args.server, "outbox relay: reached the Surety server");
+                }
+                return Ok(Some(client));
+            }
+            Ok(Err(surety_client::ConnectError::Connect { .. })) | Err(_) => {
+                if !warned {
+                    tracing::warn!(
+                        "outbox relay: cannot reach the Surety server at {}: is it running? \
+                         (start it with: surety serve); rows wait in the outbox, retrying",
+                        args.server
+                    );
+                    warned = true;
+                }
+            }
+            Ok(Err(other)) => return Err(OutboxCliError::Client(other)),
+        }
+        // The backlog is exactly what the alerts must see during an outage.
+        if let Err(e) = surety_outbox::relay::sample_pending(database).await {
+            tracing::debug!(error = %e, "outbox relay: cannot sample pending rows");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(None),
+        }
+        delay = (delay * 2).min(SERVER_RETRY_MAX);
+    }
 }
 
 async fn shutdown_signal() {
