@@ -4,7 +4,8 @@ mod bench;
 mod cli;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// The server and the benchmarks allocate a buffer or two per message (protobuf decode,
 /// log records, receipts) from many threads at once; glibc's malloc spent about 15% of
@@ -23,7 +24,10 @@ Then, from another terminal:
   surety publish orders 'order 42 created'
   surety consume orders --group billing      # prints, then acks what it printed
 
-Client commands talk to --server (env SURETY_SERVER, default http://127.0.0.1:7333).
+Client commands talk to --server (env SURETY_SERVER, default http://127.0.0.1:7333);
+--server, --token and --json may come before or after the command:
+  surety --server 10.0.0.5:7333 --json topics list
+  surety topics list --server 10.0.0.5:7333 --json
 
 Run `surety help <command>` for the options of a command.";
 
@@ -32,6 +36,9 @@ Run `surety help <command>` for the options of a command.";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Not global: `serve` and `bench` have flags of their own and do not take these.
+    #[command(flatten)]
+    client: cli::GlobalArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,9 +63,72 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if !matches!(cli.command, Command::Client(_)) {
+        // `surety --json serve` would be silently ignored otherwise.
+        if let Some(flag) = ["server", "token", "json"]
+            .into_iter()
+            .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+        {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--{flag} goes with the client commands (publish, consume, topics, \
+                         ...), not with serve or bench"
+                    ),
+                )
+                .exit();
+        }
+    }
+    match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
-        Command::Client(command) => cli::run(command),
+        Command::Client(command) => cli::run(command, &cli.client),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_flags_before_or_after_the_command() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap();
+        let before = parse(&["surety", "--server", "a:1", "--json", "topics", "list"]);
+        let after = parse(&["surety", "topics", "list", "--server", "a:1", "--json"]);
+        let middle = parse(&["surety", "topics", "--json", "list", "--server", "a:1"]);
+        for cli in [&before, &after, &middle] {
+            let Command::Client(cli::Command::Topics(t)) = &cli.command else {
+                panic!("{cli:?}")
+            };
+            let conn = t.conn.over(&cli.client);
+            assert_eq!(conn.server, "a:1");
+            assert!(conn.json);
+        }
+        // After the command wins over before it.
+        let both = parse(&[
+            "surety", "--server", "a:1", "dlq", "list", "t", "-g", "g", "--server", "b:2",
+        ]);
+        let Command::Client(cli::Command::Dlq(d)) = &both.command else {
+            panic!()
+        };
+        assert_eq!(d.conn.over(&both.client).server, "b:2");
+    }
+
+    #[test]
+    fn serve_and_bench_keep_their_flags() {
+        let cli = Cli::try_parse_from(["surety", "bench", "log", "--json", "--seconds", "1"]);
+        assert!(cli.is_ok(), "{cli:?}");
+        let cli = Cli::try_parse_from(["surety", "serve", "--listen", "127.0.0.1:0"]);
+        assert!(cli.is_ok(), "{cli:?}");
+        // Client flags are not flags of serve.
+        assert!(Cli::try_parse_from(["surety", "serve", "--server", "x"]).is_err());
     }
 }

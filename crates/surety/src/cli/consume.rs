@@ -10,7 +10,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::error::CliError;
 use super::http::{Client, decode};
-use super::{ClientArgs, output};
+use super::settle::{Refused, refused, refused_line};
+use super::{ClientArgs, Conn, output};
 
 pub const LONG_ABOUT: &str = "\
 Fetch messages for a consumer group, print them, then acknowledge them. Each group
@@ -22,7 +23,21 @@ Human output is one line per message: partition:offset [delivery N] key=K payloa
 A message is acked only after its line is written. With --no-ack nothing is acked:
 the messages are delivered again once their lease (--lease-ms) runs out, and a
 message delivered max_deliveries times moves to the group's dead-letter queue
-(see `surety dlq`).
+(see `surety dlq`). Settle them yourself with `surety ack` / `surety nack` and the
+\"receipt\" of each --json line.
+
+Delivery is at least once. First deliveries leave a partition in offset order, and
+messages with the same key are always in the same partition; but with several
+consumers in one group, or after a redelivery, messages of one key can be processed
+at the same time or out of order (per-key ordered delivery is not provided yet).
+
+--follow keeps fetching until Ctrl-C or SIGTERM, and rides out a server restart: when
+the server is unreachable it says so once on stderr, retries with backoff (100ms
+doubling to 5s), and resumes when it answers. Messages printed just before the
+connection dropped are acked after the reconnect; if their lease ran out meanwhile
+(lease_expired, receipt_stale) the server delivers them again, so they are printed
+again: at least once. A refusal by the server (topic_not_found, invalid_name, ...)
+still ends the command.
 
 Examples:
   surety consume orders --group billing
@@ -39,7 +54,7 @@ pub struct ConsumeArgs {
     /// Messages to fetch (with --follow: per fetch)
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     max: u32,
-    /// Keep fetching (long polling) until Ctrl-C
+    /// Keep fetching (long polling) until Ctrl-C or SIGTERM; survives server restarts
     #[arg(long, short)]
     follow: bool,
     /// Do not ack: the messages come back after their lease
@@ -72,14 +87,19 @@ struct FetchResponse {
 
 const FOLLOW_WAIT_MS: u64 = 5_000;
 
+/// `--follow` retries an unreachable server after this, doubling up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 /// The most the server hands out per fetch; larger `--max` takes several fetches.
 const MAX_PER_FETCH: u32 = 1_000;
 
-pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.conn)?;
+pub async fn run(args: ConsumeArgs, conn: &Conn) -> Result<(), CliError> {
+    let client = Client::new(conn)?;
     let consumer = Consumer {
         client: &client,
         args: &args,
+        json: conn.json,
     };
     if args.follow {
         consumer.follow().await
@@ -91,6 +111,7 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
 struct Consumer<'a> {
     client: &'a Client,
     args: &'a ConsumeArgs,
+    json: bool,
 }
 
 impl Consumer<'_> {
@@ -107,10 +128,15 @@ impl Consumer<'_> {
                 break;
             }
             left = left.saturating_sub(batch.len() as u32);
-            total += self.deliver(&batch).await?;
+            let (receipts, printed) = self.print(&batch)?;
+            if !self.args.no_ack {
+                self.ack(&receipts).await?;
+            }
+            total += receipts.len();
+            printed?;
             wait = 0;
         }
-        if !self.args.conn.json {
+        if !self.json {
             if total == 0 {
                 eprintln!(
                     "no messages ready for group {} on topic {}",
@@ -126,23 +152,100 @@ impl Consumer<'_> {
         Ok(())
     }
 
-    /// Fetch, print, ack, until Ctrl-C. Ctrl-C during a fetch abandons it (anything the
-    /// server leased meanwhile comes back after the lease); during print and ack it
-    /// waits for them to finish, so printed messages are acked.
+    /// Fetch, print, ack, until Ctrl-C or SIGTERM. A signal during a fetch abandons it
+    /// (anything the server leased meanwhile comes back after the lease); during print
+    /// and the first ack attempt it waits for them, so printed messages are acked.
+    ///
+    /// Transport failures (server down, connection dropped, a proxy's 502/503, the
+    /// server shutting down) never end the loop: one line on stderr, then retries with
+    /// backoff until the server answers. Acks that failed that way are kept and sent
+    /// again first; typed refusals of the server end the command as usual.
     async fn follow(&self) -> Result<(), CliError> {
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| CliError::Io {
-            what: "cannot listen for Ctrl-C".into(),
-            source,
-        })?;
+        let listen = |kind: SignalKind, what: &str| {
+            signal(kind).map_err(|source| CliError::Io {
+                what: format!("cannot listen for {what}"),
+                source,
+            })
+        };
+        let mut interrupt = listen(SignalKind::interrupt(), "Ctrl-C")?;
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;
         let wait = self.args.wait_ms.unwrap_or(FOLLOW_WAIT_MS);
+        let mut outage = Outage::default();
+        // Receipts of printed messages whose ack has not gone through yet.
+        let mut unacked: Vec<String> = Vec::new();
         loop {
-            let batch = tokio::select! {
+            if !unacked.is_empty() {
+                let acked = if outage.down() {
+                    tokio::select! {
+                        biased;
+                        _ = interrupt.recv() => return self.stop_unacked(&unacked),
+                        _ = terminate.recv() => return self.stop_unacked(&unacked),
+                        r = self.ack(&unacked) => r,
+                    }
+                } else {
+                    self.ack(&unacked).await
+                };
+                match acked {
+                    Ok(()) => unacked.clear(),
+                    Err(e) if retryable(&e) => {
+                        if outage.wait(&e, &mut interrupt, &mut terminate).await {
+                            return self.stop_unacked(&unacked);
+                        }
+                        continue;
+                    }
+                    Err(e) if is_settle_refusal(&e) => {
+                        // Every lease ran out (a restart, a slow reader): redelivered.
+                        self.note_redelivery(unacked.len(), &e.one_line());
+                        unacked.clear();
+                    }
+                    Err(e) => return Err(e),
+                }
+                outage.over();
+            }
+            let fetched = tokio::select! {
                 biased;
                 _ = interrupt.recv() => return Ok(()),
-                batch = self.fetch(self.args.max.min(MAX_PER_FETCH), wait) => batch?,
+                _ = terminate.recv() => return Ok(()),
+                batch = self.fetch(self.args.max.min(MAX_PER_FETCH), wait) => batch,
             };
-            self.deliver(&batch).await?;
+            let batch = match fetched {
+                Ok(b) => b,
+                Err(e) if retryable(&e) => {
+                    if outage.wait(&e, &mut interrupt, &mut terminate).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            outage.over();
+            let (receipts, printed) = self.print(&batch)?;
+            if !self.args.no_ack {
+                unacked = receipts;
+            }
+            if let Err(e) = printed {
+                // stdout is gone: ack what it took, then stop.
+                if !unacked.is_empty() {
+                    self.ack(&unacked).await?;
+                }
+                return Err(e);
+            }
         }
+    }
+
+    /// Stopped by a signal while acks are still owed: say what happens to them.
+    fn stop_unacked(&self, unacked: &[String]) -> Result<(), CliError> {
+        self.note_redelivery(unacked.len(), "stopped before the server was back");
+        Ok(())
+    }
+
+    fn note_redelivery(&self, n: usize, why: &str) {
+        eprintln!(
+            "note: {} printed but not acked ({why}); the server delivers {} again \
+             after the lease (at least once)",
+            output::plural(n, "message"),
+            if n == 1 { "it" } else { "them" }
+        );
     }
 
     async fn fetch(&self, max: u32, wait_ms: u64) -> Result<Vec<Value>, CliError> {
@@ -161,38 +264,52 @@ impl Consumer<'_> {
         Ok(decode::<FetchResponse>("fetch answer", &answer)?.messages)
     }
 
-    /// Prints `batch` and acks what was printed (all of it unless stdout failed).
-    /// Returns how many were printed.
-    async fn deliver(&self, batch: &[Value]) -> Result<usize, CliError> {
-        let mut receipts = Vec::with_capacity(batch.len());
-        let mut printed = Ok(());
-        // Decode all before printing any, so a bad answer leaves nothing printed unacked.
+    /// Prints `batch` (all of it unless stdout fails): the receipts of what was
+    /// printed, and how printing ended. Decodes all before printing any, so a bad
+    /// answer leaves nothing printed unacked.
+    fn print(&self, batch: &[Value]) -> Result<(Vec<String>, Result<(), CliError>), CliError> {
         let deliveries: Vec<Delivery> = batch
             .iter()
             .map(|m| decode("delivered message", m))
             .collect::<Result<_, _>>()?;
+        let mut receipts = Vec::with_capacity(batch.len());
         for (d, m) in deliveries.into_iter().zip(batch) {
-            printed = if self.args.conn.json {
+            let printed = if self.json {
                 output::json_line(m)
             } else {
                 output::line(&human_line(&d, m))
             };
             if printed.is_err() {
-                break;
+                return Ok((receipts, printed));
             }
             receipts.push(d.receipt);
         }
-        let count = receipts.len();
-        if !self.args.no_ack && !receipts.is_empty() {
-            self.client
-                .post(
-                    &self.group_path("ack"),
-                    &json!({ "receipts": receipts }),
-                    Duration::ZERO,
-                )
-                .await?;
+        Ok((receipts, Ok(())))
+    }
+
+    /// Acks `receipts`; receipts the server refused one by one (their lease ran out:
+    /// the message comes again) are reported on stderr, not fatal.
+    async fn ack(&self, receipts: &[String]) -> Result<(), CliError> {
+        if receipts.is_empty() {
+            return Ok(());
         }
-        printed.map(|()| count)
+        let answer = self
+            .client
+            .post(
+                &self.group_path("ack"),
+                &json!({ "receipts": receipts }),
+                Duration::ZERO,
+            )
+            .await?;
+        let refused: Vec<Refused> = refused(&answer)?;
+        for e in &refused {
+            let receipt = receipts.get(e.index).map_or("?", String::as_str);
+            eprintln!("{}", refused_line(e, receipt));
+        }
+        if !refused.is_empty() {
+            self.note_redelivery(refused.len(), "the server refused the ack");
+        }
+        Ok(())
     }
 
     fn group_path<'a>(&'a self, action: &'a str) -> [&'a str; 6] {
@@ -204,6 +321,79 @@ impl Consumer<'_> {
             &self.args.group,
             action,
         ]
+    }
+}
+
+/// Worth retrying in --follow: the server did not answer, or answered that it is
+/// going away; not a typed refusal of this request.
+fn retryable(e: &CliError) -> bool {
+    match e {
+        CliError::Unreachable { .. } | CliError::Transport { .. } => true,
+        CliError::Http { status, .. } => matches!(status, 502..=504),
+        CliError::Server { code, .. } => code == "shutting_down",
+        _ => false,
+    }
+}
+
+/// An ack refused because the deliveries are no longer ours (a restart let them run
+/// out or moved on): they will be delivered again.
+fn is_settle_refusal(e: &CliError) -> bool {
+    matches!(e, CliError::Server { code, .. }
+        if matches!(code.as_str(), "lease_expired" | "receipt_stale" | "not_delivered"))
+}
+
+/// --follow's view of a server that does not answer: one line when it goes away, one
+/// when it is back, and the backoff in between.
+#[derive(Debug, Default)]
+struct Outage {
+    /// `Some` while the server is unreachable: the next wait.
+    backoff: Option<Duration>,
+}
+
+impl Outage {
+    fn down(&self) -> bool {
+        self.backoff.is_some()
+    }
+
+    /// Sleeps the next backoff (saying so the first time); `true` if a signal came.
+    async fn wait(
+        &mut self,
+        e: &CliError,
+        interrupt: &mut tokio::signal::unix::Signal,
+        terminate: &mut tokio::signal::unix::Signal,
+    ) -> bool {
+        if !self.down() {
+            let what = match e {
+                CliError::Unreachable { url } => format!("server {url} unreachable"),
+                other => format!("server unreachable ({})", other.one_line()),
+            };
+            eprintln!(
+                "{what}, retrying in {}ms and backing off to every {}s… (Ctrl-C to stop)",
+                FIRST_BACKOFF.as_millis(),
+                MAX_BACKOFF.as_secs()
+            );
+        }
+        let delay = self.next_delay();
+        tokio::select! {
+            biased;
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+            () = tokio::time::sleep(delay) => false,
+        }
+    }
+
+    /// 100ms, 200ms, 400ms, … 5s, 5s, …
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.backoff.unwrap_or(FIRST_BACKOFF);
+        self.backoff = Some((delay * 2).min(MAX_BACKOFF));
+        delay
+    }
+
+    /// The server answered again.
+    fn over(&mut self) {
+        if self.backoff.take().is_some() {
+            eprintln!("server reachable again, resuming");
+        }
     }
 }
 
@@ -225,6 +415,42 @@ fn human_line(d: &Delivery, m: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_follow_retries() {
+        assert!(retryable(&CliError::Unreachable { url: "u".into() }));
+        assert!(retryable(&CliError::Transport {
+            url: "u".into(),
+            reason: "connection reset".into()
+        }));
+        assert!(retryable(&CliError::Http {
+            status: 503,
+            body: String::new()
+        }));
+        let server = |code: &str| CliError::Server {
+            status: 400,
+            code: code.into(),
+            message: "m".into(),
+        };
+        assert!(retryable(&server("shutting_down")));
+        for code in ["topic_not_found", "invalid_name", "unauthorized"] {
+            assert!(!retryable(&server(code)), "{code}");
+        }
+        assert!(is_settle_refusal(&server("lease_expired")));
+        assert!(!is_settle_refusal(&server("receipt_invalid")));
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap() {
+        let mut o = Outage::default();
+        assert!(!o.down());
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            seen.push(o.next_delay().as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert!(o.down());
+    }
 
     #[test]
     fn human_lines() {

@@ -5,10 +5,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::ClientArgs;
 use super::error::CliError;
 use super::http::Client;
-use super::output::{self, Align, Table};
+use super::output::{self, Align, StreamTable};
+use super::{ClientArgs, Conn};
 
 pub const LONG_ABOUT: &str = "\
 Inspect and settle a consumer group's dead-letter queue: messages that used up their
@@ -17,6 +17,7 @@ letters never expire; resend delivers them to that group again, purge deletes th
 
 Examples:
   surety dlq list orders --group billing
+  surety dlq list orders --group billing --json | jq -r .reason
   surety dlq show orders --group billing 3
   surety dlq resend orders --group billing --id 3 --id 4
   surety dlq resend orders --group billing --all
@@ -33,9 +34,19 @@ pub struct DlqArgs {
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// The group's dead letters: id, partition:offset, attempts, reason, payload
-    #[command(long_about = "List a group's dead letters.\n\n\
-                            Example:\n  surety dlq list orders --group billing")]
-    List(Queue),
+    #[command(long_about = LIST_ABOUT)]
+    List {
+        #[command(flatten)]
+        queue: Queue,
+        /// Print at most this many dead letters [default: all]
+        #[arg(long, short = 'n', value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Dead letters fetched per request (1-1000)
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: u32,
+    },
     /// One dead letter in full: reason, attempts, delivery times, key, headers, payload
     #[command(long_about = "Show one dead letter in full.\n\n\
                             Example:\n  surety dlq show orders --group billing 3")]
@@ -73,6 +84,20 @@ enum DlqCommand {
         which: Which,
     },
 }
+
+const LIST_ABOUT: &str = "\
+List a group's dead letters, oldest first: id, partition:offset, attempts, reason and
+the start of the payload (`surety dlq show` prints one in full).
+
+The list is fetched page by page (--page-size per request) and each page is printed as
+it arrives, so a queue of any size lists in constant memory; --limit stops after that
+many. --json prints one JSON object per dead letter per line (JSON lines, not one
+array: pipe through `jq -s .` for an array).
+
+Examples:
+  surety dlq list orders --group billing
+  surety dlq list orders --group billing --limit 20
+  surety dlq list orders --group billing --json | jq -r '[.id, .reason] | @tsv'";
 
 /// Dead-letter queues are per topic and group.
 #[derive(Debug, Args)]
@@ -121,21 +146,15 @@ impl Which {
     }
 }
 
-pub async fn run(args: DlqArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.conn)?;
-    let json = args.conn.json;
+pub async fn run(args: DlqArgs, conn: &Conn) -> Result<(), CliError> {
+    let client = Client::new(conn)?;
+    let json = conn.json;
     match args.command {
-        DlqCommand::List(q) => {
-            let letters = list(&client, &q).await?;
-            if json {
-                return output::json(&Value::Array(letters));
-            }
-            output::table(
-                &table(&letters),
-                letters.len(),
-                &format!("no dead letters for group {} on topic {}", q.group, q.topic),
-            )
-        }
+        DlqCommand::List {
+            queue,
+            limit,
+            page_size,
+        } => list(&client, &queue, limit, page_size, json).await,
         DlqCommand::Show { queue, id } => {
             let id = id.to_string();
             let letter = client.get(&queue.path(Some(&id))).await?;
@@ -154,13 +173,62 @@ pub async fn run(args: DlqArgs) -> Result<(), CliError> {
     }
 }
 
-async fn list(client: &Client, q: &Queue) -> Result<Vec<Value>, CliError> {
-    let answer = client.get(&q.path(None)).await?;
-    answer
-        .get("dead_letters")
-        .and_then(Value::as_array)
-        .cloned()
-        .ok_or_else(|| CliError::Protocol("dead-letter list without \"dead_letters\"".into()))
+/// Follows the `next` cursor (`?limit=N&after=ID`) page by page, printing each page
+/// as it arrives, until the server says there is no next page or `limit` are printed.
+/// A server without paging answers everything at once, without `next`: one page.
+async fn list(
+    client: &Client,
+    q: &Queue,
+    limit: Option<u64>,
+    page_size: u32,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut left = limit.unwrap_or(u64::MAX);
+    let mut after: Option<String> = None;
+    let mut printed = StreamTable::new(&COLUMNS);
+    while left > 0 {
+        let mut query = vec![("limit", left.min(u64::from(page_size)).to_string())];
+        if let Some(a) = &after {
+            query.push(("after", a.clone()));
+        }
+        let answer = client.get_query(&q.path(None), &query).await?;
+        let letters = answer
+            .get("dead_letters")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                CliError::Protocol("dead-letter list without \"dead_letters\"".into())
+            })?;
+        let page = &letters[..letters
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX))];
+        left -= page.len() as u64;
+        if json {
+            for l in page {
+                output::json_line(l)?;
+            }
+        } else {
+            for line in printed.page(&page.iter().map(row).collect::<Vec<_>>()) {
+                output::line(&line)?;
+            }
+        }
+        let next = match answer.get("next") {
+            None | Some(Value::Null) => break,
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        };
+        // An empty page, or a cursor that does not move, would loop forever.
+        if page.is_empty() || after.as_ref() == Some(&next) {
+            break;
+        }
+        after = Some(next);
+    }
+    if !json && !printed.started() {
+        output::line(&format!(
+            "no dead letters for group {} on topic {}",
+            q.group, q.topic
+        ))?;
+    }
+    Ok(())
 }
 
 /// Resend or purge: POST `{ids}|{all}` to `.../dead-letters/{action}`, which answers
@@ -191,31 +259,30 @@ async fn settle(
     ))
 }
 
-fn table(letters: &[Value]) -> Table {
-    let mut t = Table::new(&[
-        ("id", Align::Right),
-        ("message", Align::Left),
-        ("attempts", Align::Right),
-        ("reason", Align::Left),
-        ("payload", Align::Left),
-    ]);
-    for l in letters {
-        let at = match (
-            output::number(l, &["/partition"]),
-            output::number(l, &["/offset"]),
-        ) {
-            (Some(p), Some(o)) => format!("{p}:{o}"),
-            _ => "-".into(),
-        };
-        t.row(vec![
-            output::cell(output::number(l, &["/id"])),
-            at,
-            output::cell(output::number(l, &["/attempts"])),
-            output::truncate(l.get("reason").and_then(Value::as_str).unwrap_or(""), 40),
-            output::truncate(&output::bytes_field(l, "payload").unwrap_or_default(), 40),
-        ]);
-    }
-    t
+const COLUMNS: [(&str, Align); 5] = [
+    ("id", Align::Right),
+    ("message", Align::Left),
+    ("attempts", Align::Right),
+    ("reason", Align::Left),
+    ("payload", Align::Left),
+];
+
+/// One dead letter as a row of [`COLUMNS`].
+fn row(l: &Value) -> Vec<String> {
+    let at = match (
+        output::number(l, &["/partition"]),
+        output::number(l, &["/offset"]),
+    ) {
+        (Some(p), Some(o)) => format!("{p}:{o}"),
+        _ => "-".into(),
+    };
+    vec![
+        output::cell(output::number(l, &["/id"])),
+        at,
+        output::cell(output::number(l, &["/attempts"])),
+        output::truncate(l.get("reason").and_then(Value::as_str).unwrap_or(""), 40),
+        output::truncate(&output::bytes_field(l, "payload").unwrap_or_default(), 40),
+    ]
 }
 
 /// Every field as `name  value`: where and why first, the message itself last and
@@ -293,10 +360,10 @@ mod tests {
         let l = json!({"id":7,"partition":0,"offset":12,"reason":"lease expired","attempts":5,
                        "key":"k","headers":{"a":"b"},"payload":"boom"});
         assert_eq!(
-            table(std::slice::from_ref(&l)).to_text(),
+            StreamTable::new(&COLUMNS).page(&[row(&l)]).join("\n"),
             "id  message  attempts  reason         payload\n\
              --  -------  --------  -------------  -------\n \
-             7  0:12            5  lease expired  boom\n"
+             7  0:12            5  lease expired  boom"
         );
         let s = show(&l);
         assert_eq!(

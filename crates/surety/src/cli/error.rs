@@ -26,6 +26,12 @@ pub enum CliError {
     /// The server's answer was not what the REST contract promises.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// An error and what to do about it, known only to the command that saw it.
+    #[error("{error}; {hint}")]
+    WithHint { error: Box<CliError>, hint: String },
+    /// Part of a batch was refused; the refused items were already listed on stderr.
+    #[error("{0}")]
+    Refused(String),
     /// The command line asked for something inconsistent that clap cannot check.
     #[error("{0}")]
     Usage(String),
@@ -39,13 +45,49 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The whole error on one line: this error's text, then each cause of its
+    /// `source()` chain that the line does not already say. reqwest and hyper nest
+    /// errors that repeat their cause's text ("connection refused: connection refused");
+    /// printed this way each cause appears once.
+    pub fn one_line(&self) -> String {
+        one_line(self)
+    }
+
     /// 2 for usage errors, like clap's own; 1 for everything the server or I/O refused.
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::WithHint { error, .. } => error.exit_code(),
             _ => 1,
         }
     }
+}
+
+/// `e`, then every cause in its `source()` chain whose text the line does not already
+/// contain, joined by `: `; line breaks inside a text become spaces.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let flat = |s: String| -> String {
+        if s.contains(['\n', '\r']) {
+            s.split(['\n', '\r'])
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            s
+        }
+    };
+    let mut out = flat(e.to_string());
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = flat(s.to_string());
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// A next step for the errors whose fix is not in the message itself.
@@ -81,6 +123,64 @@ mod tests {
             e.to_string(),
             "missing bearer token (unauthorized); pass --token or set SURETY_TOKEN"
         );
+    }
+
+    /// An error with a text and an optional cause, like the layers of reqwest and hyper.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    fn chain(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |cause, t| Some(Layer(t, cause.map(Box::new))))
+            .unwrap()
+    }
+
+    #[test]
+    fn causes_are_printed_once() {
+        // The shape reqwest gives a refused connection: each layer repeats the next.
+        let e = chain(&[
+            "error sending request for url (http://127.0.0.1:1/v1/topics)",
+            "client error (Connect)",
+            "tcp connect error: Connection refused (os error 111)",
+            "Connection refused (os error 111)",
+        ]);
+        assert_eq!(
+            one_line(&e),
+            "error sending request for url (http://127.0.0.1:1/v1/topics): \
+             client error (Connect): tcp connect error: Connection refused (os error 111)"
+        );
+        // A cause already inside the top text is not repeated; a new one is appended.
+        let e = chain(&["read body: connection reset", "connection reset"]);
+        assert_eq!(one_line(&e), "read body: connection reset");
+        let e = chain(&["timed out", "", "operation timed out"]);
+        assert_eq!(one_line(&e), "timed out: operation timed out");
+        // Multi-line texts stay on one line.
+        let e = chain(&["bad\n  answer", "x"]);
+        assert_eq!(one_line(&e), "bad answer: x");
+    }
+
+    #[test]
+    fn io_error_prints_its_cause_once() {
+        let e = CliError::Io {
+            what: "cannot read f".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        // Display already says the cause; the source chain must not add it again.
+        assert_eq!(e.one_line(), "cannot read f: no such file");
     }
 
     #[test]

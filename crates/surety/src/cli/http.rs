@@ -8,8 +8,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::ClientArgs;
-use super::error::CliError;
+use super::Conn;
+use super::error::{CliError, one_line};
 
 /// How long a request may take beyond any long-poll wait it asks the server for.
 const REQUEST_SLACK: Duration = Duration::from_secs(30);
@@ -22,16 +22,8 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
-        let base = Url::parse(&args.server)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| {
-                CliError::Usage(format!(
-                    "--server {:?} is not an http:// URL (example: http://127.0.0.1:7333)",
-                    args.server
-                ))
-            })?;
+    pub fn new(args: &Conn) -> Result<Self, CliError> {
+        let base = server_url(&args.server)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("surety-cli/", env!("CARGO_PKG_VERSION")))
@@ -48,7 +40,23 @@ impl Client {
     }
 
     pub async fn get(&self, path: &[&str]) -> Result<Value, CliError> {
-        self.send(Method::GET, path, None, Duration::ZERO)
+        self.get_query(path, &[]).await
+    }
+
+    /// A GET with query parameters (`?limit=10&after=7`), encoded by the URL library.
+    pub async fn get_query(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, CliError> {
+        self.send_query(Method::GET, path, query, None, Duration::ZERO)
+            .await
+            .map(|(_, v)| v)
+    }
+
+    /// A DELETE with query parameters (`?force=true`).
+    pub async fn delete(&self, path: &[&str], query: &[(&str, String)]) -> Result<Value, CliError> {
+        self.send_query(Method::DELETE, path, query, None, Duration::ZERO)
             .await
             .map(|(_, v)| v)
     }
@@ -95,7 +103,22 @@ impl Client {
         body: Option<&Value>,
         wait: Duration,
     ) -> Result<(StatusCode, Value), CliError> {
-        let url = self.url(path)?;
+        self.send_query(method, path, &[], body, wait).await
+    }
+
+    async fn send_query(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        wait: Duration,
+    ) -> Result<(StatusCode, Value), CliError> {
+        let mut url = self.url(path)?;
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
         let mut req = self
             .http
             .request(method, url.clone())
@@ -130,9 +153,10 @@ impl Client {
                 url: self.base.as_str().trim_end_matches('/').to_string(),
             }
         } else {
+            // The URL is already in the line; reqwest would say it again.
             CliError::Transport {
                 url: url.to_string(),
-                reason: error_chain(&e),
+                reason: one_line(&e.without_url()),
             }
         }
     }
@@ -184,29 +208,41 @@ fn error_from_body(status: StatusCode, body: &[u8]) -> CliError {
     }
 }
 
-/// reqwest's top-level message is generic ("error sending request"); the cause says why.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// `--server`: an http(s) URL, or `HOST:PORT` without a scheme, taken as `http://HOST:PORT`
+/// (`127.0.0.1:7333`, `localhost:7333`). Anything else is a usage error naming the flag.
+pub fn server_url(server: &str) -> Result<Url, CliError> {
+    let s = server.trim();
+    let candidate = if s.contains("://") {
+        Url::parse(s)
+    } else {
+        Url::parse(&format!("http://{s}"))
+    };
+    candidate
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--server {server:?} is not a server address \
+                 (examples: http://127.0.0.1:7333, 127.0.0.1:7333, localhost:7333)"
+            ))
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn client(server: &str) -> Client {
-        Client::new(&ClientArgs {
+    fn conn(server: &str) -> Conn {
+        Conn {
             server: server.into(),
             token: None,
             json: false,
-        })
-        .unwrap()
+        }
+    }
+
+    fn client(server: &str) -> Client {
+        Client::new(&conn(server)).unwrap()
     }
 
     #[test]
@@ -231,14 +267,47 @@ mod tests {
 
     #[test]
     fn bad_server_url_is_usage_error() {
-        for s in ["127.0.0.1:7333", "ftp://x", "not a url"] {
-            let args = ClientArgs {
-                server: s.into(),
-                token: None,
-                json: false,
-            };
-            assert!(matches!(Client::new(&args), Err(CliError::Usage(_))), "{s}");
+        for s in [
+            "ftp://x",
+            "not a url",
+            "",
+            "http://",
+            ":7333",
+            "localhost:port",
+        ] {
+            let e = Client::new(&conn(s)).unwrap_err();
+            assert!(matches!(e, CliError::Usage(_)), "{s}");
+            assert!(e.to_string().starts_with("--server "), "{e}");
         }
+    }
+
+    #[test]
+    fn server_without_scheme_is_http() {
+        for (given, url) in [
+            ("127.0.0.1:7333", "http://127.0.0.1:7333/"),
+            ("localhost:7333", "http://localhost:7333/"),
+            ("[::1]:7333", "http://[::1]:7333/"),
+            ("surety.internal", "http://surety.internal/"),
+            ("http://127.0.0.1:7333", "http://127.0.0.1:7333/"),
+            (
+                "https://surety.example/base/",
+                "https://surety.example/base/",
+            ),
+        ] {
+            assert_eq!(server_url(given).unwrap().as_str(), url, "{given}");
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_encoded() {
+        let c = client("127.0.0.1:7333");
+        let mut u = c.url(&["v1", "topics", "t", "messages"]).unwrap();
+        u.query_pairs_mut()
+            .extend_pairs([("partition", "0"), ("after", "a b")]);
+        assert_eq!(
+            u.as_str(),
+            "http://127.0.0.1:7333/v1/topics/t/messages?partition=0&after=a+b"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The client commands: `publish`, `consume`, `topics`, `groups`, `dlq`. Each talks to
-//! a running `surety serve` over its REST API (docs/design.md, "Interfaces").
+//! The client commands: `publish`, `consume`, `ack`, `nack`, `peek`, `topics`,
+//! `groups`, `dlq`. Each talks to a running `surety serve` over its REST API
+//! (docs/design.md, "Interfaces"); `outbox relay` talks gRPC.
 
 mod consume;
 mod dlq;
@@ -8,7 +9,10 @@ mod groups;
 mod http;
 mod outbox;
 mod output;
+mod peek;
 mod publish;
+mod settle;
+mod time;
 mod topics;
 
 use std::io::ErrorKind;
@@ -17,24 +21,72 @@ use clap::{Args, Subcommand};
 
 use error::CliError;
 
-/// How to reach the server and how to print; every client command takes these.
+/// The server when neither `--server` nor `SURETY_SERVER` names one.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7333";
+
+/// How to reach the server and how to print, given before the command
+/// (`surety --server URL --json topics list`). These read the environment and carry
+/// the defaults; the same flags after the command ([`ClientArgs`]) win over them.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Server and output")]
-pub struct ClientArgs {
-    /// URL of the Surety server
+#[command(
+    next_help_heading = "Server and output (client commands; also accepted after the command)"
+)]
+pub struct GlobalArgs {
+    /// URL of the Surety server: http://HOST:PORT, or just HOST:PORT
     #[arg(
         long,
-        global = true,
         env = "SURETY_SERVER",
-        default_value = "http://127.0.0.1:7333",
+        default_value = DEFAULT_SERVER,
         value_name = "URL"
     )]
     pub server: String,
     /// Bearer token, if the server requires one
-    #[arg(long, global = true, env = "SURETY_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "SURETY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON (for scripts) instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The same flags after the command (`surety topics list --server URL --json`), on
+/// every client command and its subcommands. They have no defaults and read no
+/// environment of their own, so that a flag given here wins over one given before the
+/// command, which wins over the environment ([`ClientArgs::over`]).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Server and output")]
+pub struct ClientArgs {
+    /// URL of the Surety server: http://HOST:PORT, or just HOST:PORT
+    /// [env: SURETY_SERVER] [default: http://127.0.0.1:7333]
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token, if the server requires one [env: SURETY_TOKEN]
+    #[arg(long, global = true)]
     pub token: Option<String>,
     /// Print JSON (for scripts) instead of tables
     #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    /// These flags over those given before the command (and the environment).
+    pub fn over(&self, global: &GlobalArgs) -> Conn {
+        Conn {
+            server: self.server.clone().unwrap_or_else(|| global.server.clone()),
+            token: self
+                .token
+                .clone()
+                .or_else(|| global.token.clone())
+                .filter(|t| !t.is_empty()),
+            json: self.json || global.json,
+        }
+    }
+}
+
+/// What a client command runs with: one server, one token, one output format.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub server: String,
+    pub token: Option<String>,
     pub json: bool,
 }
 
@@ -46,10 +98,19 @@ pub enum Command {
     /// Fetch, print and ack messages of a consumer group
     #[command(long_about = consume::LONG_ABOUT)]
     Consume(consume::ConsumeArgs),
-    /// Create, list and describe topics
+    /// Acknowledge deliveries by receipt (from `consume --no-ack --json`)
+    #[command(long_about = settle::ACK_ABOUT)]
+    Ack(settle::AckArgs),
+    /// Hand deliveries back by receipt: redelivered after --delay, with a --reason
+    #[command(long_about = settle::NACK_ABOUT)]
+    Nack(settle::NackArgs),
+    /// Read a partition's messages without delivering them (no lease, no delivery count)
+    #[command(long_about = peek::LONG_ABOUT)]
+    Peek(peek::PeekArgs),
+    /// Create, list, describe and delete topics
     #[command(long_about = topics::LONG_ABOUT)]
     Topics(topics::TopicsArgs),
-    /// A topic's consumer groups: lag, in flight, dead letters
+    /// A topic's consumer groups: list, delete, seek
     #[command(long_about = groups::LONG_ABOUT)]
     Groups(groups::GroupsArgs),
     /// A group's dead-letter queue: list, show, resend, purge
@@ -60,16 +121,39 @@ pub enum Command {
     Outbox(outbox::OutboxArgs),
 }
 
-/// Runs one client command and exits: 0, or 1 after one `error:` line (2 for usage
-/// errors clap cannot see). Exiting here keeps `main`'s dispatch one line.
-pub fn run(command: Command) -> ! {
-    std::process::exit(run_to_code(command))
+impl Command {
+    /// The flags given after the command (the outbox has its own).
+    fn client_args(&self) -> Option<&ClientArgs> {
+        Some(match self {
+            Command::Publish(a) => &a.conn,
+            Command::Consume(a) => &a.conn,
+            Command::Ack(a) => &a.conn,
+            Command::Nack(a) => &a.conn,
+            Command::Peek(a) => &a.conn,
+            Command::Topics(a) => &a.conn,
+            Command::Groups(a) => &a.conn,
+            Command::Dlq(a) => &a.conn,
+            Command::Outbox(_) => return None,
+        })
+    }
 }
 
-fn run_to_code(command: Command) -> i32 {
-    if let Command::Outbox(args) = command {
-        return outbox::run(args);
-    }
+/// Runs one client command and exits: 0, or 1 after one `error:` line (2 for usage
+/// errors clap cannot see). Exiting here keeps `main`'s dispatch one line.
+pub fn run(command: Command, global: &GlobalArgs) -> ! {
+    std::process::exit(run_to_code(command, global))
+}
+
+fn run_to_code(command: Command, global: &GlobalArgs) -> i32 {
+    let conn = match command.client_args() {
+        Some(args) => args.over(global),
+        None => {
+            let Command::Outbox(args) = command else {
+                unreachable!("only the outbox has no ClientArgs")
+            };
+            return outbox::run(args, global);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -82,11 +166,14 @@ fn run_to_code(command: Command) -> i32 {
     };
     let outcome = runtime.block_on(async {
         match command {
-            Command::Publish(args) => publish::run(args).await,
-            Command::Consume(args) => consume::run(args).await,
-            Command::Topics(args) => topics::run(args).await,
-            Command::Groups(args) => groups::run(args).await,
-            Command::Dlq(args) => dlq::run(args).await,
+            Command::Publish(args) => publish::run(args, &conn).await,
+            Command::Consume(args) => consume::run(args, &conn).await,
+            Command::Ack(args) => settle::ack(args, &conn).await,
+            Command::Nack(args) => settle::nack(args, &conn).await,
+            Command::Peek(args) => peek::run(args, &conn).await,
+            Command::Topics(args) => topics::run(args, &conn).await,
+            Command::Groups(args) => groups::run(args, &conn).await,
+            Command::Dlq(args) => dlq::run(args, &conn).await,
             Command::Outbox(_) => unreachable!("handled above"),
         }
     });
@@ -95,7 +182,7 @@ fn run_to_code(command: Command) -> i32 {
         // The reader went away (`| head`): nothing left to say to anyone.
         Err(CliError::Io { source, .. }) if source.kind() == ErrorKind::BrokenPipe => 0,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.one_line());
             e.exit_code()
         }
     }

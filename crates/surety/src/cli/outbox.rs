@@ -82,17 +82,13 @@ struct RelayArgs {
     #[command(flatten)]
     db: DatabaseArg,
 
-    /// URL of the Surety server (gRPC)
-    #[arg(
-        long,
-        env = "SURETY_SERVER",
-        default_value = "http://127.0.0.1:7333",
-        value_name = "URL"
-    )]
-    server: String,
+    /// URL of the Surety server (gRPC): http://HOST:PORT or HOST:PORT; may also come
+    /// before the command [env: SURETY_SERVER] [default: http://127.0.0.1:7333]
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
 
-    /// Bearer token, if the server requires one
-    #[arg(long, env = "SURETY_TOKEN", hide_env_values = true)]
+    /// Bearer token, if the server requires one [env: SURETY_TOKEN]
+    #[arg(long)]
     token: Option<String>,
 
     /// Rows claimed and published per round (1-5000)
@@ -148,7 +144,7 @@ enum OutboxCliError {
 }
 
 /// Runs an outbox command; returns the exit code (0, or 1 after one `error:` line).
-pub fn run(args: OutboxArgs) -> i32 {
+pub fn run(args: OutboxArgs, global: &super::GlobalArgs) -> i32 {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
@@ -164,7 +160,7 @@ pub fn run(args: OutboxArgs) -> i32 {
             rt.block_on(async {
                 match args.command {
                     OutboxCommand::Migrate { db } => migrate(db).await,
-                    OutboxCommand::Relay(args) => relay(args).await,
+                    OutboxCommand::Relay(args) => relay(args, global).await,
                 }
             })
         });
@@ -185,7 +181,33 @@ async fn migrate(db: DatabaseArg) -> Result<(), OutboxCliError> {
     Ok(())
 }
 
-async fn relay(args: RelayArgs) -> Result<(), OutboxCliError> {
+/// The server to publish to: `--server`/`--token` after the command win over those
+/// before it, which win over the environment; `HOST:PORT` means `http://HOST:PORT`.
+struct Target {
+    server: String,
+    token: Option<String>,
+}
+
+impl Target {
+    fn of(args: &RelayArgs, global: &super::GlobalArgs) -> Self {
+        let server = args.server.as_ref().unwrap_or(&global.server);
+        Target {
+            server: if server.contains("://") {
+                server.clone()
+            } else {
+                format!("http://{server}")
+            },
+            token: args
+                .token
+                .clone()
+                .or_else(|| global.token.clone())
+                .filter(|t| !t.is_empty()),
+        }
+    }
+}
+
+async fn relay(args: RelayArgs, global: &super::GlobalArgs) -> Result<(), OutboxCliError> {
+    let target = Target::of(&args, global);
     if let Some(addr) = args.metrics_listen {
         // Binds at once (an address in use fails here, not later) and serves every path
         // with the Prometheus text, on this runtime.
@@ -207,7 +229,7 @@ async fn relay(args: RelayArgs) -> Result<(), OutboxCliError> {
     if let Some(addr) = args.metrics_listen {
         eprintln!("outbox relay: metrics on http://{addr}/metrics");
     }
-    let Some(client) = wait_for_server(&args, &database, &mut stop_rx).await? else {
+    let Some(client) = wait_for_server(&target, &database, &mut stop_rx).await? else {
         database.close().await;
         eprintln!("outbox relay stopped before the Surety server was reachable");
         return Ok(());
@@ -231,7 +253,7 @@ async fn relay(args: RelayArgs) -> Result<(), OutboxCliError> {
         let _ = stop_rx.wait_for(|stopped| *stopped).await;
         stop.stop();
     });
-    eprintln!("outbox relay: publishing to {}", args.server);
+    eprintln!("outbox relay: publishing to {}", target.server);
     let stats = relay.run().await?;
     database.close().await;
     eprintln!(
@@ -245,7 +267,7 @@ async fn relay(args: RelayArgs) -> Result<(), OutboxCliError> {
 /// daemon, and a broker outage at its start is waited out like one later on (rows stay
 /// pending, the backlog gauges keep being sampled). `None` when stopped first.
 async fn wait_for_server(
-    args: &RelayArgs,
+    target: &Target,
     database: &Database,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Client>, OutboxCliError> {
@@ -254,13 +276,13 @@ async fn wait_for_server(
     loop {
         let attempt = tokio::time::timeout(
             SERVER_CONNECT_TIMEOUT,
-            Client::connect(&args.server, args.token.as_deref()),
+            Client::connect(&target.server, target.token.as_deref()),
         )
         .await;
         match attempt {
             Ok(Ok(client)) => {
                 if warned {
-                    tracing::info!(server = %args.server, "outbox relay: reached the Surety server");
+                    tracing::info!(server = %target.server, "outbox relay: reached the Surety server");
                 }
                 return Ok(Some(client));
             }
@@ -269,7 +291,7 @@ async fn wait_for_server(
                     tracing::warn!(
                         "outbox relay: cannot reach the Surety server at {}: is it running? \
                          (start it with: surety serve); rows wait in the outbox, retrying",
-                        args.server
+                        target.server
                     );
                     warned = true;
                 }

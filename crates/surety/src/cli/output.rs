@@ -42,6 +42,79 @@ pub fn table(t: &Table, rows: usize, empty: &str) -> Result<(), CliError> {
     }
 }
 
+/// A table printed page by page as the rows arrive (`dlq list` pages through the
+/// server): the header and the column widths come from the first page; a later cell
+/// wider than its column pushes the rest of its row right, never re-aligns what is
+/// already printed.
+pub struct StreamTable {
+    headers: Vec<String>,
+    aligns: Vec<Align>,
+    widths: Option<Vec<usize>>,
+}
+
+impl StreamTable {
+    pub fn new(columns: &[(&str, Align)]) -> Self {
+        Self {
+            headers: columns.iter().map(|(h, _)| (*h).to_string()).collect(),
+            aligns: columns.iter().map(|(_, a)| *a).collect(),
+            widths: None,
+        }
+    }
+
+    /// Whether any page was printed (an empty list prints its own line instead).
+    pub fn started(&self) -> bool {
+        self.widths.is_some()
+    }
+
+    /// The lines of one page; the first page also prints the header and its rule.
+    pub fn page(&mut self, rows: &[Vec<String>]) -> Vec<String> {
+        let mut out = Vec::new();
+        if rows.is_empty() {
+            return out;
+        }
+        let widths = match &self.widths {
+            Some(w) => w.clone(),
+            None => {
+                let w: Vec<usize> = (0..self.headers.len())
+                    .map(|c| {
+                        rows.iter()
+                            .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                            .chain([self.headers[c].chars().count()])
+                            .max()
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                out.push(self.render(&self.headers, &w));
+                out.push(
+                    w.iter()
+                        .map(|&n| "-".repeat(n))
+                        .collect::<Vec<_>>()
+                        .join("  "),
+                );
+                self.widths = Some(w.clone());
+                w
+            }
+        };
+        out.extend(rows.iter().map(|r| self.render(r, &widths)));
+        out
+    }
+
+    fn render(&self, cells: &[String], widths: &[usize]) -> String {
+        let parts: Vec<String> = widths
+            .iter()
+            .enumerate()
+            .map(|(c, &w)| {
+                let cell = cells.get(c).map_or("", String::as_str);
+                match self.aligns[c] {
+                    Align::Left => format!("{cell:<w$}"),
+                    Align::Right => format!("{cell:>w$}"),
+                }
+            })
+            .collect();
+        parts.join("  ").trim_end().to_string()
+    }
+}
+
 /// A message's payload (or key) as one printable line: text as is with control
 /// characters escaped (a newline must not split a message across lines), bytes the
 /// server could only send as base64 prefixed `base64:`.
@@ -167,6 +240,22 @@ mod tests {
         assert_eq!(number(&v, &["/acked", "/stats/acked"]), Some(3));
         assert_eq!(number(&v, &["/lag"]), Some(2));
         assert_eq!(cell(number(&v, &["/nope"])), "-");
+    }
+
+    #[test]
+    fn stream_table_keeps_the_first_page_widths() {
+        let mut t = StreamTable::new(&[("id", Align::Right), ("reason", Align::Left)]);
+        assert!(!t.started());
+        assert!(t.page(&[]).is_empty());
+        assert_eq!(
+            t.page(&[
+                vec!["1".into(), "boom".into()],
+                vec!["12".into(), "x".into()]
+            ]),
+            ["id  reason", "--  ------", " 1  boom", "12  x"]
+        );
+        assert!(t.started());
+        assert_eq!(t.page(&[vec!["345".into(), "y".into()]]), ["345  y"]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::CliError;
 use super::http::{Client, decode};
-use super::{ClientArgs, output};
+use super::{ClientArgs, Conn, output, time};
 
 pub const LONG_ABOUT: &str = "\
 Publish messages to a topic. The command returns once the server has stored every
@@ -23,11 +23,20 @@ message on disk (fsync) and prints each one's partition:offset.
 The payload is MESSAGE, or the whole of --file, or else every line of stdin (one
 message per line, empty lines skipped, sent in batches of --batch).
 
+A message with --key always goes to the same partition as every other message with
+that key, and first deliveries leave a partition in offset order. That is not per-key
+ordered processing: with several consumers in one group, or after a redelivery,
+messages of one key can be processed at the same time or out of order.
+
+--delay holds the messages back: they are stored at once, but no group gets them
+before the delay has passed (at most 12h).
+
 Examples:
   surety publish orders 'order 17 paid'
   surety publish orders --key customer-9 --header source=web 'order 18 paid'
   surety publish images --file cat.png
   seq 1 10000 | surety publish numbers
+  surety publish reminders --delay 30m 'is the invoice paid?'
   # a retry of this exact command is stored once (idempotent producer):
   surety publish orders --producer-id billing-1 --sequence 42 'invoice 42'";
 
@@ -41,7 +50,8 @@ pub struct PublishArgs {
     /// Publish the whole file as one message (bytes that are not UTF-8 go as base64)
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
-    /// Message key: messages with the same key go to the same partition, in order
+    /// Message key: messages with the same key go to the same partition (not a promise
+    /// of per-key ordered processing; see above)
     #[arg(long)]
     key: Option<String>,
     /// A header NAME=VALUE; repeat for more
@@ -58,6 +68,9 @@ pub struct PublishArgs {
     /// the next number
     #[arg(long, requires = "producer_id", value_name = "N")]
     sequence: Option<u64>,
+    /// Deliver no earlier than this from now: 1500ms, 30s, 5m, 2h, 1m30s (at most 12h)
+    #[arg(long, value_name = "DURATION", value_parser = time::parse_duration)]
+    delay: Option<Duration>,
     /// Messages per request when reading stdin
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch: u32,
@@ -99,6 +112,8 @@ struct Envelope {
     headers: BTreeMap<String, String>,
     id: Option<String>,
     producer: Option<(String, u64)>,
+    /// `--delay` in ms; each request sets `not_before_ms` = now + this.
+    delay_ms: Option<u64>,
 }
 
 impl Envelope {
@@ -109,16 +124,23 @@ impl Envelope {
                 return Err(CliError::Usage(format!("--header {name} is given twice")));
             }
         }
+        let delay_ms = args
+            .delay
+            .map(|d| time::check_delay("--delay", &time::human(d), d))
+            .transpose()
+            .map_err(CliError::Usage)?;
         Ok(Self {
             key: args.key.clone(),
             headers,
             id: args.id.clone(),
             producer: args.producer_id.clone().zip(args.sequence),
+            delay_ms,
         })
     }
 
-    /// The JSON of the `index`-th message of this command (its sequence is offset by it).
-    fn message(&self, payload: Vec<u8>, index: u64) -> Result<Value, CliError> {
+    /// The JSON of the `index`-th message of this command (its sequence is offset by
+    /// it), sent at `now_ms`.
+    fn message(&self, payload: Vec<u8>, index: u64, now_ms: u64) -> Result<Value, CliError> {
         let mut m = Map::new();
         match String::from_utf8(payload) {
             Ok(text) => m.insert("payload".into(), text.into()),
@@ -145,12 +167,15 @@ impl Envelope {
             m.insert("producer_id".into(), producer.clone().into());
             m.insert("sequence".into(), seq.into());
         }
+        if let Some(delay) = self.delay_ms.filter(|&d| d > 0) {
+            m.insert("not_before_ms".into(), now_ms.saturating_add(delay).into());
+        }
         Ok(Value::Object(m))
     }
 }
 
-pub async fn run(args: PublishArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.conn)?;
+pub async fn run(args: PublishArgs, conn: &Conn) -> Result<(), CliError> {
+    let client = Client::new(conn)?;
     let envelope = Envelope::from_args(&args)?;
     let mut publisher = Publisher {
         client: &client,
@@ -180,7 +205,7 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
         }
         return Err(e);
     }
-    if args.conn.json {
+    if conn.json {
         output::json(&json!({ "results": publisher.results }))
     } else {
         let (count, ranges, dups) = publisher.summary()?;
@@ -194,6 +219,9 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
                 "; {dups} of them {} already stored (duplicate)",
                 if dups == 1 { "was" } else { "were" }
             ));
+        }
+        if let Some(d) = args.delay.filter(|d| !d.is_zero()) {
+            text.push_str(&format!("; delivered from {} on", time::human(d)));
         }
         output::line(&text)
     }
@@ -211,10 +239,11 @@ impl Publisher<'_> {
     /// One POST of `payloads`, numbered after those already sent.
     async fn send(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), CliError> {
         let first = self.results.len() as u64;
+        let now = time::now_ms();
         let messages = payloads
             .into_iter()
             .enumerate()
-            .map(|(i, p)| self.envelope.message(p, first + i as u64))
+            .map(|(i, p)| self.envelope.message(p, first + i as u64, now))
             .collect::<Result<Vec<_>, _>>()?;
         let sent = messages.len();
         let answer = self
@@ -352,9 +381,10 @@ mod tests {
             headers: BTreeMap::from([("h".into(), "v".into())]),
             id: None,
             producer: Some(("p".into(), 41)),
+            delay_ms: None,
         };
         assert_eq!(
-            e.message(b"hi".to_vec(), 1).unwrap(),
+            e.message(b"hi".to_vec(), 1, 7).unwrap(),
             json!({"payload":"hi","key":"k","headers":{"h":"v"},"producer_id":"p","sequence":42})
         );
         let bare = Envelope {
@@ -362,16 +392,20 @@ mod tests {
             headers: BTreeMap::new(),
             id: Some("x".into()),
             producer: None,
+            delay_ms: Some(1500),
         };
         assert_eq!(
-            bare.message(vec![0xff, 0], 0).unwrap(),
-            json!({"payload_base64":"/wA=","id":"x"})
+            bare.message(vec![0xff, 0], 0, 1_000_000).unwrap(),
+            json!({"payload_base64":"/wA=","id":"x","not_before_ms":1_001_500})
         );
         let full = Envelope {
             producer: Some(("p".into(), u64::MAX)),
             ..bare
         };
-        assert!(matches!(full.message(vec![], 1), Err(CliError::Usage(_))));
+        assert!(matches!(
+            full.message(vec![], 1, 0),
+            Err(CliError::Usage(_))
+        ));
     }
 
     #[test]

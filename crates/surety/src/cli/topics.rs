@@ -1,4 +1,4 @@
-//! `surety topics create|list|describe`.
+//! `surety topics create|list|describe|delete`.
 
 use clap::{Args, Subcommand};
 use reqwest::StatusCode;
@@ -7,16 +7,17 @@ use serde_json::{Map, Value};
 use super::error::CliError;
 use super::http::Client;
 use super::output::{self, Align, Table};
-use super::{ClientArgs, groups};
+use super::{ClientArgs, Conn, groups};
 
 pub const LONG_ABOUT: &str = "\
-Create, list and describe topics.
+Create, list, describe and delete topics.
 
 Examples:
   surety topics create orders --partitions 4 --max-deliveries 5 --ack-wait-ms 30000
   surety topics create audit --config-json '{\"durability\":\"fsync\",\"dedupe_window_ms\":60000}'
   surety topics list
-  surety topics describe orders";
+  surety topics describe orders
+  surety topics delete scratch";
 
 #[derive(Debug, Args)]
 pub struct TopicsArgs {
@@ -44,7 +45,27 @@ enum TopicsCommand {
         /// Topic to describe
         name: String,
     },
+    /// Delete a topic with its messages, groups and dead letters; prints what was dropped
+    #[command(long_about = DELETE_ABOUT)]
+    Delete {
+        /// Topic to delete
+        name: String,
+        /// Delete even if a group has unsettled messages or dead letters (they are lost)
+        #[arg(long)]
+        force: bool,
+    },
 }
+
+const DELETE_ABOUT: &str = "\
+Delete a topic: its messages, its consumer groups and their dead letters, and prints
+the counts of what was dropped. A topic where some group still has unsettled messages
+(not yet acked or dead-lettered) or dead letters is refused (topic_busy) unless
+--force is given, so nothing is dropped by accident; the refusal says what --force
+would drop.
+
+Examples:
+  surety topics delete scratch
+  surety topics delete orders --force";
 
 const CREATE_ABOUT: &str = "\
 Create a topic, or apply settings to an existing one (its partitions may grow, never
@@ -91,14 +112,72 @@ fn parse_object(s: &str) -> Result<Map<String, Value>, String> {
     }
 }
 
-pub async fn run(args: TopicsArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.conn)?;
-    let json = args.conn.json;
+pub async fn run(args: TopicsArgs, conn: &Conn) -> Result<(), CliError> {
+    let client = Client::new(conn)?;
+    let json = conn.json;
     match args.command {
         TopicsCommand::Create(c) => create(&client, c, json).await,
         TopicsCommand::List => list(&client, json).await,
         TopicsCommand::Describe { name } => describe(&client, &name, json).await,
+        TopicsCommand::Delete { name, force } => delete(&client, &name, force, json).await,
     }
+}
+
+/// DELETE /v1/topics/{topic}[?force=true]. A `topic_busy` refusal gets what `--force`
+/// would drop, read from the topic's description.
+async fn delete(client: &Client, name: &str, force: bool, json: bool) -> Result<(), CliError> {
+    let query = if force {
+        vec![("force", "true".to_string())]
+    } else {
+        Vec::new()
+    };
+    let answer = match client.delete(&["v1", "topics", name], &query).await {
+        Ok(a) => a,
+        Err(e @ CliError::Server { .. }) if is_code(&e, "topic_busy") => {
+            let would = match fetch(client, name).await {
+                Ok(topic) => format!(", dropping {}", would_drop(&topic)),
+                Err(_) => String::new(),
+            };
+            return Err(CliError::WithHint {
+                error: Box::new(e),
+                hint: format!("pass --force to delete it anyway{would}"),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    if json {
+        return output::json(&answer);
+    }
+    let n = |field: &str| output::number(&answer, &[&format!("/{field}")]).unwrap_or(0) as usize;
+    output::line(&format!(
+        "deleted topic {name}: dropped {}, {}, {} and {}",
+        output::plural(n("messages_dropped"), "message"),
+        output::plural(n("groups_dropped"), "group"),
+        output::plural(n("unsettled_dropped"), "unsettled message"),
+        output::plural(n("dead_letters_dropped"), "dead letter"),
+    ))
+}
+
+fn is_code(e: &CliError, want: &str) -> bool {
+    matches!(e, CliError::Server { code, .. } if code == want)
+}
+
+/// `12 messages, 2 groups, 3 unsettled messages and 1 dead letter`, from a topic's
+/// description: retained messages, groups, their lag and their dead letters.
+fn would_drop(topic: &Value) -> String {
+    let gs = groups::of(topic);
+    let sum = |pointers: &[&str]| -> usize {
+        gs.iter()
+            .filter_map(|g| output::number(g, pointers))
+            .sum::<u64>() as usize
+    };
+    format!(
+        "{}, {}, {} and {}",
+        output::plural(retained(topic).unwrap_or(0) as usize, "message"),
+        output::plural(gs.len(), "group"),
+        output::plural(sum(&["/lag"]), "unsettled message"),
+        output::plural(sum(&["/dead_letters", "/dead_letters/live"]), "dead letter"),
+    )
 }
 
 /// GET /v1/topics/{topic}, shared with `surety groups`.
@@ -231,7 +310,7 @@ async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliErro
     if gs.is_empty() {
         out.push_str("no consumer groups yet\n");
     } else {
-        out.push_str(&groups::table(gs, true).to_text());
+        out.push_str(&groups::table(gs).to_text());
     }
     output::line(out.trim_end())
 }
@@ -306,6 +385,33 @@ mod tests {
         assert!(parse_object(r#"{"partitions":2}"#).is_ok());
         assert!(parse_object("[1]").unwrap_err().contains("object"));
         assert!(parse_object("{").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn busy_topic_says_what_force_drops() {
+        let topic = json!({"name":"t","start_offsets":[0,2],"end_offsets":[10,4],
+            "groups":[{"name":"a","lag":3,"dead_letters":1},{"name":"b","lag":0,"dead_letters":0}]});
+        assert_eq!(
+            would_drop(&topic),
+            "12 messages, 2 groups, 3 unsettled messages and 1 dead letter"
+        );
+        let e = CliError::WithHint {
+            error: Box::new(CliError::Server {
+                status: 409,
+                code: "topic_busy".into(),
+                message: "topic \"t\" has unsettled messages".into(),
+            }),
+            hint: format!(
+                "pass --force to delete it anyway, dropping {}",
+                would_drop(&topic)
+            ),
+        };
+        assert_eq!(
+            e.one_line(),
+            "topic \"t\" has unsettled messages (topic_busy); pass --force to delete it \
+             anyway, dropping 12 messages, 2 groups, 3 unsettled messages and 1 dead letter"
+        );
+        assert_eq!(e.exit_code(), 1);
     }
 
     #[test]
