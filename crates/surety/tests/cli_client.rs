@@ -2,124 +2,14 @@
 //! built binary against a real `surety serve` on a free port: output in both formats,
 //! exit codes, and the one-line errors for bad input and a server that is down.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_surety");
-
-/// A `surety serve` child on a free port with its own data directory; killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data.path())
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The ready line: "surety listening on http://ADDR (data DIR)".
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .strip_prefix("surety listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no ready line from surety serve, got {line:?}"))
-            .to_string();
-        Server {
-            child,
-            url,
-            _data: data,
-        }
-    }
-
-    /// Runs `surety ARGS --server URL`, with `stdin` piped in.
-    fn run(&self, args: &[&str], stdin: &[u8]) -> Run {
-        run_at(&self.url, args, stdin)
-    }
-
-    /// Runs and expects exit 0; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        self.run(args, b"").success()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        serde_json::from_str(&self.ok(&args)).expect("stdout is one JSON document")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct Run(Output);
-
-impl Run {
-    fn code(&self) -> i32 {
-        self.0.status.code().expect("exited, not signalled")
-    }
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.0.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.0.stderr).into_owned()
-    }
-    fn success(&self) -> String {
-        assert_eq!(self.code(), 0, "stderr: {}", self.stderr());
-        self.stdout()
-    }
-    /// Asserts the exit code and that stderr is exactly one `error:` line; returns it.
-    fn fails(&self, code: i32) -> String {
-        assert_eq!(
-            self.code(),
-            code,
-            "stdout: {} stderr: {}",
-            self.stdout(),
-            self.stderr()
-        );
-        let err = self.stderr();
-        assert!(err.starts_with("error: "), "{err}");
-        err.lines().next().unwrap().to_string()
-    }
-}
-
-fn run_at(url: &str, args: &[&str], stdin: &[u8]) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .args(["--server", url])
-        .env_remove("SURETY_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).unwrap();
-    drop(input);
-    Run(child.wait_with_output().unwrap())
-}
+use common::cli::{BIN, Server, eventually, run, run_at, signal};
+use serde_json::{Value, json};
 
 #[test]
 fn publish_consume_and_describe() {
@@ -194,7 +84,7 @@ fn publish_consume_and_describe() {
     // The first message of partition 1 may have been among the 2 consumed above.
     if let Some(m) = msgs.iter().find(|m| m["payload"] == "first") {
         assert_eq!(m["key"], "k1");
-        assert_eq!(m["headers"], serde_json::json!({"a": "b", "c": ""}));
+        assert_eq!(m["headers"], json!({"a": "b", "c": ""}));
     }
     let nothing = s.run(&["consume", "orders", "--group", "g"], b"");
     assert_eq!(nothing.success(), "");
@@ -425,9 +315,12 @@ fn server_down_is_explained() {
         &["topics", "list"][..],
         &["publish", "t", "x"],
         &["consume", "t", "-g", "g"],
+        &["groups", "list", "t"],
+        &["peek", "t"],
+        &["dlq", "list", "t", "-g", "g"],
     ] {
         assert_eq!(
-            run_at(&url, args, b"").fails(1),
+            run_at(&url, args, b"").fails_alone(1),
             format!(
                 "error: cannot reach the Surety server at {url}: is it running? \
                  (start it with: surety serve)"
@@ -441,11 +334,19 @@ fn help_teaches_with_examples() {
     for cmd in [
         &["publish"][..],
         &["consume"],
+        &["ack"],
+        &["nack"],
+        &["peek"],
         &["topics"],
         &["topics", "create"],
         &["topics", "describe"],
+        &["topics", "delete"],
         &["groups"],
+        &["groups", "list"],
+        &["groups", "delete"],
+        &["groups", "seek"],
         &["dlq"],
+        &["dlq", "list"],
         &["dlq", "purge"],
     ] {
         let out = Command::new(BIN).args(cmd).arg("--help").output().unwrap();
@@ -456,6 +357,10 @@ fn help_teaches_with_examples() {
             "{cmd:?} --help has no example:\n{text}"
         );
         assert!(text.contains("surety "), "{cmd:?}");
+        assert!(
+            !text.contains("same partition, in order"),
+            "{cmd:?} promises per-key order"
+        );
     }
 }
 
@@ -489,8 +394,7 @@ fn follow_prints_and_acks_until_ctrl_c() {
         payloads.push(m["payload"].as_str().unwrap().to_string());
     }
     assert_eq!(payloads, ["a", "b", "c"]);
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    signal(&follower, libc::SIGINT);
     let status = follower.wait().unwrap();
     assert_eq!(status.code(), Some(0), "Ctrl-C is a normal end of --follow");
     // What was printed was acked.
@@ -521,4 +425,250 @@ fn bearer_token_from_flag_or_env() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One delivery of `topic` to `group`, not acked; its JSON.
+fn fetch_one(s: &Server, topic: &str, group: &str) -> Option<Value> {
+    s.json_lines(&["consume", topic, "-g", group, "--no-ack", "--max", "1"])
+        .pop()
+}
+
+#[test]
+fn nack_with_delay_and_reason_then_dead_letter() {
+    let s = Server::start();
+    s.ok(&["topics", "create", "n", "--max-deliveries", "2"]);
+    s.ok(&["publish", "n", "flaky"]);
+    let first = fetch_one(&s, "n", "g").expect("the message");
+    assert_eq!(first["delivery_count"], 1);
+    let receipt = first["receipt"].as_str().unwrap();
+
+    let nacked_at = Instant::now();
+    assert_eq!(
+        s.ok(&[
+            "nack",
+            "n",
+            "-g",
+            "g",
+            receipt,
+            "--delay",
+            "1s",
+            "--reason",
+            "try later"
+        ])
+        .trim(),
+        "nacked 1 delivery of group g on topic n; delivered again in 1s at the earliest"
+    );
+    assert!(
+        fetch_one(&s, "n", "g").is_none() || nacked_at.elapsed() >= Duration::from_secs(1),
+        "a nack with --delay 1s is not delivered again at once"
+    );
+    let second = eventually(20, "the redelivery", || fetch_one(&s, "n", "g"));
+    assert!(nacked_at.elapsed() >= Duration::from_secs(1));
+    assert_eq!(second["delivery_count"], 2);
+    assert_eq!(second["payload"], "flaky");
+
+    // At max_deliveries the nack moves it to the dead letters, with its reason.
+    let v = s.json(&[
+        "nack",
+        "n",
+        "-g",
+        "g",
+        second["receipt"].as_str().unwrap(),
+        "--delay-ms",
+        "0",
+        "--reason",
+        "gave up: upstream 503",
+    ]);
+    assert_eq!(v["nacked"], 1);
+    let dead = s.json_lines(&["dlq", "list", "n", "-g", "g"]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["reason"], "gave up: upstream 503");
+    assert_eq!(dead[0]["attempts"], 2);
+
+    // A batch whose every receipt is refused: the server's refusal, one line.
+    let err = s
+        .run(&["ack", "n", "-g", "g", "not-a-receipt"], b"")
+        .fails_alone(1);
+    assert!(err.ends_with("(receipt_invalid)"), "{err}");
+    // Bounds and conflicts are refused before anything is sent.
+    let err = s
+        .run(&["nack", "n", "-g", "g", receipt, "--delay", "13h"], b"")
+        .fails_alone(2);
+    assert!(err.contains("12h (43200000 ms)"), "{err}");
+    assert_eq!(
+        s.run(
+            &[
+                "nack",
+                "n",
+                "-g",
+                "g",
+                receipt,
+                "--delay",
+                "1s",
+                "--delay-ms",
+                "5"
+            ],
+            b""
+        )
+        .code(),
+        2
+    );
+    assert_eq!(
+        s.run(&["nack", "n", "-g", "g"], b"").code(),
+        2,
+        "receipts required"
+    );
+}
+
+/// Each receipt stands on its own (CONTRACT.md): the valid one is acked, the refused
+/// one is named on stderr, and the exit status says not all went through.
+#[test]
+fn ack_batch_reports_refused_receipts() {
+    let s = Server::start();
+    s.ok(&["topics", "create", "a"]);
+    s.ok(&["publish", "a", "x"]);
+    let m = fetch_one(&s, "a", "g").unwrap();
+    let run = s.run(
+        &[
+            "ack",
+            "a",
+            "-g",
+            "g",
+            m["receipt"].as_str().unwrap(),
+            "bogus",
+        ],
+        b"",
+    );
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert_eq!(
+        run.stdout().trim(),
+        "acked 1 of 2 deliveries of group g on topic a"
+    );
+    let err = run.stderr();
+    assert!(
+        err.starts_with("refused receipt 1 (bogus): ") && err.contains("(receipt_invalid)"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().ends_with("error: 1 of 2 receipts refused"),
+        "{err}"
+    );
+    assert_eq!(s.json(&["groups", "a"])[0]["acked"], 1);
+}
+
+#[test]
+fn publish_delay_holds_messages_back() {
+    let s = Server::start();
+    s.ok(&["topics", "create", "later"]);
+    let sent = Instant::now();
+    let out = s.ok(&["publish", "later", "--delay", "1500ms", "wake up"]);
+    assert!(out.trim().ends_with("; delivered from 1500ms on"), "{out}");
+    assert!(
+        s.ok(&["consume", "later", "-g", "g"]).is_empty()
+            || sent.elapsed() >= Duration::from_millis(1500),
+        "not delivered before its delay"
+    );
+    let m = eventually(20, "the delayed message", || fetch_one(&s, "later", "g"));
+    assert!(sent.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(m["payload"], "wake up");
+    assert_eq!(m["delivery_count"], 1);
+
+    let err = s
+        .run(&["publish", "later", "--delay", "13h", "x"], b"")
+        .fails_alone(2);
+    assert_eq!(
+        err,
+        "error: --delay 13h is longer than the longest delay the server accepts, 12h (43200000 ms)"
+    );
+    assert!(
+        s.run(&["publish", "later", "--delay", "5", "x"], b"")
+            .stderr()
+            .contains("like 1500ms, 30s")
+    );
+}
+
+#[test]
+fn client_flags_before_or_after_the_command() {
+    let s = Server::start();
+    s.ok(&["topics", "create", "t"]);
+    let before = run(&["--server", &s.url, "--json", "topics", "list"], b"").success();
+    let after = run(&["topics", "list", "--server", &s.url, "--json"], b"").success();
+    let between = run(&["topics", "--json", "list", "--server", &s.url], b"").success();
+    assert_eq!(before, after);
+    assert_eq!(before, between);
+    let v: Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(v[0]["name"], "t");
+    // After the command wins over before it.
+    let out = run(
+        &[
+            "--server",
+            "127.0.0.1:1",
+            "topics",
+            "list",
+            "--server",
+            &s.url,
+        ],
+        b"",
+    )
+    .success();
+    assert!(out.contains('t'), "{out}");
+    // Also from the environment, below both.
+    let out = Command::new(BIN)
+        .args(["topics", "list", "--json"])
+        .env("SURETY_SERVER", &s.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Client flags do not go with serve.
+    let r = run(&["--json", "serve", "--listen", "127.0.0.1:0"], b"");
+    assert_eq!(r.code(), 2);
+    assert!(
+        r.stderr().contains("not with serve or bench"),
+        "{}",
+        r.stderr()
+    );
+}
+
+#[test]
+fn server_without_scheme_is_http() {
+    let s = Server::start();
+    s.ok(&["topics", "create", "t"]);
+    let port = s.addr.rsplit(':').next().unwrap();
+    for server in [s.addr.clone(), format!("localhost:{port}")] {
+        let v: Value = serde_json::from_str(
+            &run(&["topics", "list", "--json", "--server", &server], b"").success(),
+        )
+        .unwrap();
+        assert_eq!(v[0]["name"], "t", "{server}");
+    }
+    let err = run(&["topics", "list", "--server", "localhost:port"], b"").fails_alone(2);
+    assert!(
+        err.starts_with("error: --server \"localhost:port\""),
+        "{err}"
+    );
+}
+
+/// A server that accepts and hangs up: a transport error after the connection, whose
+/// reqwest/hyper chain repeats itself unless deduplicated.
+#[test]
+fn transport_errors_are_one_line_without_repeats() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    let err = run_at(&format!("http://{addr}"), &["topics", "list"], b"").fails_alone(1);
+    let line = err.strip_prefix("error: ").unwrap();
+    assert!(line.starts_with("request to http://"), "{err}");
+    let parts: Vec<&str> = line.split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..]
+                .iter()
+                .any(|q| q.contains(p) || p.contains(q)),
+            "cause repeated in {err:?}"
+        );
+    }
 }

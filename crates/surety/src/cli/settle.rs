@@ -170,20 +170,17 @@ fn report(
     if json {
         output::json(answer)?;
     } else {
-        let of = if refused.is_empty() {
-            String::new()
+        let counted = if refused.is_empty() {
+            match n {
+                1 => "1 delivery".to_string(),
+                n => format!("{n} deliveries"),
+            }
         } else {
-            format!(" of {}", r.receipts.len())
+            format!("{n} of {} deliveries", r.receipts.len())
         };
         output::line(&format!(
-            "{done} {n}{of} {} of group {} on topic {}{tail}",
-            if r.receipts.len() == 1 && refused.is_empty() {
-                "delivery"
-            } else {
-                "deliveries"
-            },
-            r.group,
-            r.topic
+            "{done} {counted} of group {} on topic {}{tail}",
+            r.group, r.topic
         ))?;
     }
     if refused.is_empty() {

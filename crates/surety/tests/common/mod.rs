@@ -1,7 +1,10 @@
 //! Shared by the tests that run the `surety` binary: reading `surety serve`'s ready line,
-//! and a small seeded random generator for the crash tests.
+//! a small seeded random generator for the crash tests, and ([`cli`]) a server plus the
+//! runs of client commands against it.
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
+
+pub mod cli;
 
 use std::io::{BufRead, BufReader};
 use std::process::Child;
