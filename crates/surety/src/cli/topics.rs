@@ -123,8 +123,8 @@ pub async fn run(args: TopicsArgs, conn: &Conn) -> Result<(), CliError> {
     }
 }
 
-/// DELETE /v1/topics/{topic}[?force=true]. A `topic_busy` refusal gets what `--force`
-/// would drop, read from the topic's description.
+/// DELETE /v1/topics/{topic}[?force=true]. A `topic_busy` refusal gets the command
+/// with `--force` and what it would drop, read from the topic's description.
 async fn delete(client: &Client, name: &str, force: bool, json: bool) -> Result<(), CliError> {
     let query = if force {
         vec![("force", "true".to_string())]
@@ -134,13 +134,13 @@ async fn delete(client: &Client, name: &str, force: bool, json: bool) -> Result<
     let answer = match client.delete(&["v1", "topics", name], &query).await {
         Ok(a) => a,
         Err(e @ CliError::Server { .. }) if is_code(&e, "topic_busy") => {
-            let would = match fetch(client, name).await {
-                Ok(topic) => format!(", dropping {}", would_drop(&topic)),
-                Err(_) => String::new(),
+            let drops = match fetch(client, name).await {
+                Ok(topic) => would_drop(&topic),
+                Err(_) => "them".into(),
             };
             return Err(CliError::WithHint {
                 error: Box::new(e),
-                hint: format!("pass --force to delete it anyway{would}"),
+                hint: format!("`surety topics delete {name} --force` drops {drops}"),
             });
         }
         Err(e) => return Err(e),
@@ -402,14 +402,14 @@ mod tests {
                 message: "topic \"t\" has unsettled messages".into(),
             }),
             hint: format!(
-                "pass --force to delete it anyway, dropping {}",
+                "`surety topics delete t --force` drops {}",
                 would_drop(&topic)
             ),
         };
         assert_eq!(
             e.one_line(),
-            "topic \"t\" has unsettled messages (topic_busy); pass --force to delete it \
-             anyway, dropping 12 messages, 2 groups, 3 unsettled messages and 1 dead letter"
+            "topic \"t\" has unsettled messages (topic_busy); `surety topics delete t \
+             --force` drops 12 messages, 2 groups, 3 unsettled messages and 1 dead letter"
         );
         assert_eq!(e.exit_code(), 1);
     }
