@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -80,6 +80,77 @@ fn follow_survives_a_server_restart() {
     assert!(rest.is_empty(), "no more stderr lines: {rest:?}");
     let g = &server.json(&["groups", "f"])[0];
     assert_eq!(g["lag"], 0, "both acked: {g}");
+}
+
+/// The server goes away between printing a message and acking it: the follower keeps
+/// the ack and sends it after the restart (or, if the server no longer holds that
+/// lease, says so and prints the message again when it is redelivered).
+#[test]
+fn follow_acks_after_the_restart_what_it_printed_before() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_at(data.path(), "127.0.0.1:0", &[]);
+    server.ok(&["topics", "create", "big"]);
+    let mut follower = Command::new(BIN)
+        .args(["consume", "big", "-g", "g", "--follow", "--json"])
+        .args(["--wait-ms", "200", "--server", &server.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let errors = spawn_reader(follower.stderr.take().unwrap());
+    // Larger than a pipe's buffer: the follower's print blocks until we read, so the
+    // server can be killed after the fetch and before the ack.
+    let payload = "x".repeat(200_000);
+    server
+        .run(&["publish", "big"], format!("{payload}\n").as_bytes())
+        .success();
+    // The first byte of its line: the follower has the whole answer and is printing.
+    let mut stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = [0u8; 1];
+        stdout.read_exact(&mut first).unwrap();
+        let _ = tx.send((first, stdout));
+    });
+    let (first, stdout) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the follower starts printing");
+    server.kill();
+    let lines = spawn_reader(std::io::Cursor::new(first).chain(stdout));
+    let printed = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the message");
+    let m: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(m["payload"].as_str().unwrap().len(), payload.len());
+    let down = errors
+        .recv_timeout(Duration::from_secs(10))
+        .expect("unreachable");
+    assert!(down.contains("unreachable"), "{down}");
+
+    let addr = server.addr.clone();
+    drop(server);
+    let server = Server::start_at(data.path(), &addr, &[]);
+    let back = errors.recv_timeout(Duration::from_secs(30)).expect("back");
+    assert!(back.contains("reachable again"), "{back}");
+    common::cli::eventually(40, "the message settled", || {
+        (server.json(&["groups", "big"])[0]["lag"] == 0).then_some(())
+    });
+    signal(&follower, libc::SIGTERM);
+    assert_eq!(follower.wait().unwrap().code(), Some(0));
+    let notes: Vec<String> = errors.try_iter().collect();
+    let again = lines.try_iter().count();
+    if notes.iter().any(|n| n.contains("printed but not acked")) {
+        assert_eq!(
+            again, 1,
+            "refused ack: printed again on redelivery; {notes:?}"
+        );
+    } else {
+        assert_eq!(
+            again, 0,
+            "ack retried after the restart: printed once; {notes:?}"
+        );
+        assert_eq!(server.json(&["groups", "big"])[0]["redeliveries"], 0);
+    }
 }
 
 /// Lines of `r` as they come, on a channel (closed at EOF).

@@ -193,7 +193,7 @@ impl Consumer<'_> {
                         }
                         continue;
                     }
-                    Err(e) if is_settle_refusal(&e) => {
+                    Err(e) if is_settle_refusal(&e, outage.down()) => {
                         // Every lease ran out (a restart, a slow reader): redelivered.
                         self.note_redelivery(unacked.len(), &e.one_line());
                         unacked.clear();
@@ -335,11 +335,18 @@ fn retryable(e: &CliError) -> bool {
     }
 }
 
-/// An ack refused because the deliveries are no longer ours (a restart let them run
-/// out or moved on): they will be delivered again.
-fn is_settle_refusal(e: &CliError) -> bool {
-    matches!(e, CliError::Server { code, .. }
-        if matches!(code.as_str(), "lease_expired" | "receipt_stale" | "not_delivered"))
+/// An ack refused because the deliveries are no longer ours (their leases ran out, or
+/// the group moved on): they will be delivered again. After an outage (`retry`) a
+/// receipt the server no longer knows (its data was replaced) counts too; otherwise
+/// `receipt_invalid` is a bug worth stopping for.
+fn is_settle_refusal(e: &CliError, retry: bool) -> bool {
+    let CliError::Server { code, .. } = e else {
+        return false;
+    };
+    matches!(
+        code.as_str(),
+        "lease_expired" | "receipt_stale" | "not_delivered"
+    ) || (retry && code == "receipt_invalid")
 }
 
 /// --follow's view of a server that does not answer: one line when it goes away, one
@@ -436,8 +443,10 @@ mod tests {
         for code in ["topic_not_found", "invalid_name", "unauthorized"] {
             assert!(!retryable(&server(code)), "{code}");
         }
-        assert!(is_settle_refusal(&server("lease_expired")));
-        assert!(!is_settle_refusal(&server("receipt_invalid")));
+        assert!(is_settle_refusal(&server("lease_expired"), false));
+        assert!(!is_settle_refusal(&server("receipt_invalid"), false));
+        assert!(is_settle_refusal(&server("receipt_invalid"), true));
+        assert!(!is_settle_refusal(&server("topic_not_found"), true));
     }
 
     #[test]
