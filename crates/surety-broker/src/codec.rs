@@ -195,7 +195,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<(u32, Event), CodecError> {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SURETYGS";
 /// 2 added the group's incarnation and, per partition, the seek count and counters
 /// (`skipped_by_seek`, `replayed`); version 1 files still read.
-const SNAPSHOT_VERSION: u16 = 2;
+pub const SNAPSHOT_VERSION: u16 = 2;
 
 /// Every group of a topic at one point of its journal.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -37,8 +37,9 @@ Measure surety-log appends against the raw disk, on the same directory, in one r
 First the disk alone, in preallocated files like surety-log's segments: batches of 100
 records per write + fdatasync (the throughput reference), then one record per write +
 fdatasync (the latency floor). Then surety-log with its default configuration (fsync
-durability, preallocated 64 MiB segments), appended to by 1, 16 and 256 concurrent tokio
-tasks, each in a closed loop: append, wait for the ack, append again.
+durability, 64 MiB segments whose preallocation grows with the data), appended to by 1,
+16 and 256 concurrent tokio tasks, each in a closed loop: append, wait for the ack,
+append again.
 
 The configurations take turns in --rounds rounds (default 3), so that a disk whose speed
 drifts during the run (a shared or cloud volume, other I/O on the machine) weighs on all
