@@ -4,63 +4,18 @@
 //! sends is bounded. Real files, injected clock (except where the sweeper task's own
 //! timer is under test).
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use surety_broker::topic::TopicConfigPatch;
+use common::{Env, NO_WAIT, msg, patch};
 use surety_broker::{
     Broker, BrokerError, BrokerOptions, PublishMessage, SeekTo, Selection, StartAt, limits,
 };
 
-const NO_WAIT: Duration = Duration::ZERO;
-
-struct Env {
-    dir: tempfile::TempDir,
-    clock: Arc<AtomicU64>,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-            clock: Arc::new(AtomicU64::new(1_000_000)),
-        }
-    }
-    fn open(&self) -> Broker {
-        let clock = self.clock.clone();
-        Broker::open(
-            self.dir.path(),
-            BrokerOptions {
-                clock: Arc::new(move || clock.load(Ordering::SeqCst)),
-                segment_bytes: 1 << 16,
-                compact_after_records: 1_000_000,
-            },
-        )
-        .unwrap()
-    }
-    fn advance(&self, ms: u64) {
-        self.clock.fetch_add(ms, Ordering::SeqCst);
-    }
-    fn now(&self) -> u64 {
-        self.clock.load(Ordering::SeqCst)
-    }
-}
-
-fn msg(text: &str) -> PublishMessage {
-    PublishMessage {
-        payload: text.as_bytes().to_vec(),
-        ..PublishMessage::default()
-    }
-}
-
 fn texts(n: usize) -> Vec<PublishMessage> {
     (0..n).map(|i| msg(&format!("m{i}"))).collect()
-}
-
-fn patch(json: &str) -> TopicConfigPatch {
-    serde_json::from_str(json).unwrap()
 }
 
 async fn group(b: &Broker, topic: &str, name: &str) -> surety_broker::GroupInfo {

@@ -2,54 +2,14 @@
 //! ack/nack → redelivery → dead letter → resend/purge, idempotent producers, bad input,
 //! and all of it surviving a restart (acks not undone, delivery counts not reset).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::{Env, NO_WAIT, msg, patch};
 use surety_broker::topic::TopicConfigPatch;
 use surety_broker::{Broker, BrokerError, BrokerOptions, PublishMessage, Selection};
-
-struct Env {
-    dir: tempfile::TempDir,
-    clock: Arc<AtomicU64>,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-            clock: Arc::new(AtomicU64::new(1_000_000)),
-        }
-    }
-    fn open(&self) -> Broker {
-        let clock = self.clock.clone();
-        Broker::open(
-            self.dir.path(),
-            BrokerOptions {
-                clock: Arc::new(move || clock.load(Ordering::SeqCst)),
-                segment_bytes: 1 << 16,
-                compact_after_records: 20,
-            },
-        )
-        .unwrap()
-    }
-    fn advance(&self, ms: u64) {
-        self.clock.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-fn msg(text: &str) -> PublishMessage {
-    PublishMessage {
-        payload: text.as_bytes().to_vec(),
-        ..PublishMessage::default()
-    }
-}
-
-fn patch(json: &str) -> TopicConfigPatch {
-    serde_json::from_str(json).unwrap()
-}
-
-const NO_WAIT: Duration = Duration::ZERO;
 
 #[tokio::test]
 async fn publish_fetch_ack_and_nothing_comes_back_after_restart() {

@@ -23,11 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::postgres::PG_URL;
 use common::{Rng, listen_addr, ready_line};
 use sqlx::postgres::PgPoolOptions;
 use surety_client::{Client, Consumer, Delivery};
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const CYCLES_ENV: &str = "SURETY_OUTBOX_KILL_CYCLES";
 const SEED_ENV: &str = "SURETY_OUTBOX_KILL_SEED";
 const TOPIC: &str = "outbox-kill";
@@ -137,20 +137,8 @@ fn outbox_relay_sigkill_loop_relays_every_row_exactly_once() {
 }
 
 async fn run() {
-    let admin = match PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(PG_URL)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("Postgres at 127.0.0.1:5432 is required under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: Postgres unavailable ({e})");
-            return;
-        }
+    let Some(admin) = common::postgres::admin_pool().await else {
+        return;
     };
     let cycles = env_u64(CYCLES_ENV).unwrap_or(10);
     let seed = env_u64(SEED_ENV).unwrap_or_else(|| {

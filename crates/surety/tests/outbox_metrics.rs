@@ -13,12 +13,12 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::postgres::PG_URL;
 use common::{listen_addr, ready_line};
 use sqlx::postgres::PgPoolOptions;
 use surety_client::Client;
 use surety_outbox::metrics as m;
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn free_port() -> u16 {
@@ -133,20 +133,8 @@ fn relay_metrics_show_the_backlog_while_the_server_is_down() {
 }
 
 async fn run() {
-    let admin = match PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(PG_URL)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("Postgres at 127.0.0.1:5432 is required under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: Postgres unavailable ({e})");
-            return;
-        }
+    let Some(admin) = common::postgres::admin_pool().await else {
+        return;
     };
     let schema = format!("outbox_metrics_{}_{:08x}", std::process::id(), rand_u32());
     sqlx::query(&format!("CREATE SCHEMA {schema}"))

@@ -1,10 +1,11 @@
 //! Shared by the tests that run the `surety` binary: reading `surety serve`'s ready line,
 //! a small seeded random generator for the crash tests, and ([`cli`]) a server plus the
-//! runs of client commands against it.
+//! runs of client commands against it, and ([`postgres`]) the outbox tests' database.
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::process::Child;
