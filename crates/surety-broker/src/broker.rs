@@ -1470,12 +1470,17 @@ impl Broker {
         delay: Duration,
         reason: &str,
     ) -> Result<usize, BrokerError> {
-        let delay_ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
-        limits::check_nack(delay_ms, reason)?;
-        self.settle(topic_name, group_name, receipts, |part, now, d| {
-            part.plan_nack(now, d.offset, d.delivery, delay_ms, reason.to_owned())
-        })
-        .await
+        let outcomes = self
+            .nack_batch(
+                topic_name,
+                group_name,
+                receipts,
+                delay,
+                reason,
+                BatchMode::AllOrNothing,
+            )
+            .await?;
+        Ok(outcomes.iter().filter(|o| matches!(o, Ok(true))).count())
     }
 
     /// [`Self::nack`], each receipt on its own (see [`Self::ack_each`]).
@@ -1487,15 +1492,31 @@ impl Broker {
         delay: Duration,
         reason: &str,
     ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
-        let delay_ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
-        limits::check_nack(delay_ms, reason)?;
-        self.settle_batch(
+        self.nack_batch(
             topic_name,
             group_name,
             receipts,
+            delay,
+            reason,
             BatchMode::Each,
-            |part, now, d| part.plan_nack(now, d.offset, d.delivery, delay_ms, reason.to_owned()),
         )
+        .await
+    }
+
+    async fn nack_batch(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        receipts: &[String],
+        delay: Duration,
+        reason: &str,
+        mode: BatchMode,
+    ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
+        let delay_ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
+        limits::check_nack(delay_ms, reason)?;
+        self.settle_batch(topic_name, group_name, receipts, mode, |part, now, d| {
+            part.plan_nack(now, d.offset, d.delivery, delay_ms, reason.to_owned())
+        })
         .await
     }
 
