@@ -236,7 +236,10 @@ fn try_recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<
 
     if segments.is_empty() {
         let base = bases.first().copied().unwrap_or(0);
-        segments.push(create_segment(storage, dir, config, base).map_err(io_at(dir))?);
+        segments.push(
+            create_segment(storage, dir, config, base, config.first_preallocation())
+                .map_err(io_at(dir))?,
+        );
     }
     let last = segments.last().unwrap().state.read().unwrap().clone();
     Ok(Recovered {

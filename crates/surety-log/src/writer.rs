@@ -271,18 +271,23 @@ fn flush(inner: &Inner, tail: &mut Tail, buf: &mut Vec<u8>, chunk: &mut Chunk) -
 /// Seals the active segment and starts a new one at the next offset, durably.
 fn roll(inner: &Inner, tail: &mut Tail) -> io::Result<()> {
     seal(inner, &tail.segment, tail.pos)?;
+    // The log just filled a whole segment: it is busy, so the next one is reserved in
+    // full at once, as if it always had been, instead of growing in steps (each step's
+    // first fdatasync also commits the file's new size).
+    let reserve = inner.config.segment_bytes;
     let segment = create_segment(
         inner.storage.as_ref(),
         &inner.dir,
         &inner.config,
         tail.next_offset,
+        reserve,
     )?;
     inner.segments.write().unwrap().push(segment.clone());
     tail.segment = segment;
     tail.pos = SEGMENT_HEADER_LEN as u64;
     tail.last_index_pos = None;
     tail.reserved = if inner.config.preallocate {
-        inner.config.first_preallocation()
+        reserve
     } else {
         SEGMENT_HEADER_LEN as u64
     };
@@ -328,20 +333,21 @@ pub(crate) fn write_index_file(
     }
 }
 
-/// Creates an empty segment durably: header written (and the first preallocated extent
-/// reserved, `LogConfig::preallocate`) and synced, name synced in the directory, before
-/// any record may go into it.
+/// Creates an empty segment durably: header written (and `reserve` bytes preallocated,
+/// `LogConfig::preallocate`) and synced, name synced in the directory, before any record
+/// may go into it.
 pub(crate) fn create_segment(
     storage: &dyn crate::storage::Storage,
     dir: &std::path::Path,
     config: &crate::config::LogConfig,
     base_offset: u64,
+    reserve: u64,
 ) -> io::Result<Arc<Segment>> {
     let path = segment_path(dir, base_offset);
     let file = storage.create_new(&path)?;
     file.write_all_at(&encode_header(base_offset), 0)?;
     if config.preallocate {
-        file.preallocate(config.first_preallocation())?;
+        file.preallocate(reserve)?;
     }
     file.sync_all()?;
     storage.sync_dir(dir)?;
