@@ -15,11 +15,8 @@ pub mod producer;
 pub mod retry;
 pub mod server_error;
 
-/// Code generated from `proto/surety.proto` by build.rs.
-#[allow(clippy::all, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("surety.v1");
-}
+/// The wire protocol (`proto/surety.proto`), generated once in `surety-wire`.
+pub use surety_wire::proto;
 
 pub use admin::{AdminError, TopicDescription};
 pub use client::{Client, ConnectError};

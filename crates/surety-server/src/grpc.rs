@@ -16,11 +16,8 @@ use crate::state::AppState;
 
 pub use status::{ERROR_CODE_METADATA, status_of};
 
-/// Code generated from `proto/surety.proto` by build.rs.
-#[allow(clippy::all, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("surety.v1");
-}
+/// The wire protocol (`proto/surety.proto`), generated once in `surety-wire`.
+pub use surety_wire::proto;
 
 /// Largest gRPC message either way: room for a publish batch of several maximum-size
 /// messages (a topic allows up to 4 MiB each).
