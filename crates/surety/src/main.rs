@@ -1,6 +1,5 @@
 //! The `surety` command line.
 
-mod bench;
 mod cli;
 mod serve;
 
@@ -49,7 +48,7 @@ enum Command {
                       replaces its own section of BENCHMARKS.md.\n\n\
                       Example:\n  surety bench log --seconds 3"
     )]
-    Bench(bench::BenchArgs),
+    Bench(surety_bench::BenchArgs),
     /// Run the broker: REST, gRPC and /metrics on one address, until SIGTERM or SIGINT
     #[command(
         long_about = "Run the broker: REST, gRPC, /metrics and /healthz on one address, \
@@ -83,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     match cli.command {
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => surety_bench::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Client(command) => cli::run(command, &cli.client),
     }

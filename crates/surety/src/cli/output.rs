@@ -8,7 +8,7 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-pub use crate::bench::table::{Align, Table};
+pub use surety_bench::table::{Align, Table};
 
 use super::error::CliError;
 

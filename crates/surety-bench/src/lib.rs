@@ -1,5 +1,7 @@
-//! `surety bench`: measurements of Surety's parts on this machine, each printed and
-//! recorded in its own section of BENCHMARKS.md.
+//! `surety-bench`: measurements of Surety's parts on this machine (`surety bench log|
+//! broker|server|outbox`), each against a baseline measured in the same run, printed and
+//! recorded in its own section of BENCHMARKS.md. The `surety` binary runs them; `bench
+//! server` starts that same binary (`surety serve`) as its server.
 
 mod broker;
 mod log;
@@ -7,7 +9,8 @@ mod outbox;
 mod progress;
 mod report;
 mod server;
-pub(crate) mod table;
+/// Plain-text tables, also the `surety` CLI's human output.
+pub mod table;
 
 use std::fs::{self, File};
 use std::os::unix::io::AsRawFd;
