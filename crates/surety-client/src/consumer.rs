@@ -14,11 +14,11 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::client::Client;
-use crate::gap::GapDetector;
 use crate::message::Delivery;
 use crate::proto::{self, consume_request::Kind as In, consume_response::Kind as Out};
-use crate::retry::RetryPolicy;
 use crate::server_error::ServerError;
+use surety_core::GapDetector;
+use surety_core::RetryPolicy;
 
 /// Why [`ConsumerBuilder::run`] ended without being stopped.
 #[derive(Debug, thiserror::Error)]

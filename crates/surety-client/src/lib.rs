@@ -8,11 +8,9 @@
 pub mod admin;
 pub mod client;
 pub mod consumer;
-pub mod gap;
 pub mod message;
 mod pipeline;
 pub mod producer;
-pub mod retry;
 pub mod server_error;
 
 /// The wire protocol (`proto/surety.proto`), generated once in `surety-wire`.
@@ -21,8 +19,8 @@ pub use surety_wire::proto;
 pub use admin::{AdminError, TopicDescription};
 pub use client::{Client, ConnectError};
 pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ConsumerStats, StopHandle};
-pub use gap::{GapDetector, GapStats, Observation};
 pub use message::{Delivery, Message, Published};
 pub use producer::{Batch, Producer, ProducerBuilder, PublishError};
-pub use retry::RetryPolicy;
 pub use server_error::ServerError;
+/// Transport-neutral, from `surety-core` (re-exported so existing paths keep working).
+pub use surety_core::{GapDetector, GapStats, Observation, RetryPolicy, gap, retry};

@@ -13,8 +13,8 @@ use crate::client::Client;
 use crate::message::{Message, Published};
 use crate::pipeline::Pipeline;
 use crate::proto;
-use crate::retry::RetryPolicy;
 use crate::server_error::ServerError;
+use surety_core::RetryPolicy;
 
 /// Why a publish was not confirmed. In every case it is safe to send the same
 /// [`Batch`] again: its sequences make a second copy impossible.

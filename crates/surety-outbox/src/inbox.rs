@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, Pool, Postgres, Sqlite, SqliteConnection, Transaction};
 use surety_client::Delivery;
+use surety_core::MessageId;
 
 use crate::BoxFuture;
 use crate::error::InboxError;
@@ -29,13 +30,10 @@ impl<T> Processed<T> {
 
 /// The stable identity of a delivered message, for the inbox: `producer_id/sequence`
 /// (what the outbox relay stamps, unchanged by redelivery and by a relay publishing a
-/// row again), else the message `id`. `None` if the message carries neither.
-pub fn message_id(d: &Delivery) -> Option<String> {
-    match (&d.producer_id, d.sequence, &d.id) {
-        (Some(p), Some(s), _) => Some(format!("{p}/{s}")),
-        (_, _, Some(id)) => Some(id.clone()),
-        _ => None,
-    }
+/// row again), else the message `id` ([`MessageId`], defined once in `surety-core`).
+/// `None` if the message carries neither.
+pub fn message_id(d: &Delivery) -> Option<MessageId> {
+    MessageId::of(d.producer_id.as_deref(), d.sequence, d.id.as_deref())
 }
 
 /// The inbox of one database. Stateless: every call works on the transaction given.

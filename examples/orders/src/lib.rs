@@ -89,7 +89,7 @@ pub async fn project(db: &Database, delivery: &Delivery) -> Result<bool> {
         Database::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             let r = Inbox
-                .process(&mut tx, PROJECTION, &id, |conn: &mut PgConnection| {
+                .process(&mut tx, PROJECTION, id.as_str(), |conn: &mut PgConnection| {
                     Box::pin(async move {
                         sqlx::query(
                             "INSERT INTO order_totals (customer, orders, total_cents) VALUES ($1, 1, $2)
@@ -110,7 +110,7 @@ pub async fn project(db: &Database, delivery: &Delivery) -> Result<bool> {
         Database::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
             let r = Inbox
-                .process(&mut tx, PROJECTION, &id, |conn: &mut SqliteConnection| {
+                .process(&mut tx, PROJECTION, id.as_str(), |conn: &mut SqliteConnection| {
                     Box::pin(async move {
                         sqlx::query(
                             "INSERT INTO order_totals (customer, orders, total_cents) VALUES (?1, 1, ?2)
