@@ -4,32 +4,28 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Deserialize;
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use surety_broker::{GroupDeleted, SeekOutcome, SeekTo};
+use surety_wire::rest;
 
 use super::error::ApiError;
 use super::groups::StartJson;
 use super::json::{ApiJson, OptionalJson};
 use super::path::ApiPath;
 use super::query::{ApiQuery, NoQuery};
-use super::topics::GroupJson;
+use super::topics::group_json;
 use crate::state::AppState;
-
-#[derive(Debug, Serialize)]
-pub struct GroupList {
-    pub groups: Vec<GroupJson>,
-}
 
 pub async fn list(
     State(state): State<AppState>,
     ApiPath(topic): ApiPath<String>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<GroupList>, ApiError> {
+) -> Result<Json<rest::GroupList>, ApiError> {
     let groups = state.broker.groups(&topic).await?;
-    Ok(Json(GroupList {
-        groups: groups.into_iter().map(Into::into).collect(),
+    Ok(Json(rest::GroupList {
+        groups: groups.into_iter().map(group_json).collect(),
     }))
 }
 
@@ -38,8 +34,10 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<GroupJson>, ApiError> {
-    Ok(Json(state.broker.group_info(&topic, &group).await?.into()))
+) -> Result<Json<rest::Group>, ApiError> {
+    Ok(Json(group_json(
+        state.broker.group_info(&topic, &group).await?,
+    )))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,7 +54,7 @@ pub async fn put(
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     OptionalJson(req): OptionalJson<CreateGroupRequest>,
-) -> Result<(StatusCode, Json<GroupJson>), ApiError> {
+) -> Result<(StatusCode, Json<rest::Group>), ApiError> {
     let (info, created) = state
         .broker
         .create_group(&topic, &group, req.start.into())
@@ -67,14 +65,7 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(info.into())))
-}
-
-#[derive(Debug, Serialize)]
-pub struct GroupDeletedJson {
-    pub group: String,
-    pub unsettled_dropped: u64,
-    pub dead_letters_dropped: u64,
+    Ok((status, Json(group_json(info))))
 }
 
 /// Deletes the group with its state and dead letters; answers what was dropped.
@@ -82,12 +73,12 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<GroupDeletedJson>, ApiError> {
+) -> Result<Json<rest::GroupDeleted>, ApiError> {
     let GroupDeleted {
         unsettled,
         dead_letters,
     } = state.broker.delete_group(&topic, &group).await?;
-    Ok(Json(GroupDeletedJson {
+    Ok(Json(rest::GroupDeleted {
         group,
         unsettled_dropped: unsettled,
         dead_letters_dropped: dead_letters,
@@ -135,39 +126,21 @@ fn seek_target(v: &Value) -> Option<SeekTo> {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct SeekJson {
-    pub skipped: u64,
-    pub replayed: u64,
-    pub partitions: Vec<PartitionSeekJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PartitionSeekJson {
-    pub partition: u32,
-    pub from: u64,
-    pub to: u64,
-    pub skipped: u64,
-    pub replayed: u64,
-}
-
-impl From<SeekOutcome> for SeekJson {
-    fn from(o: SeekOutcome) -> Self {
-        Self {
-            skipped: o.skipped,
-            replayed: o.replayed,
-            partitions: o
-                .partitions
-                .into_iter()
-                .map(|p| PartitionSeekJson {
-                    partition: p.partition,
-                    from: p.from,
-                    to: p.to,
-                    skipped: p.skipped,
-                    replayed: p.replayed,
-                })
-                .collect(),
-        }
+fn seek_json(o: SeekOutcome) -> rest::Seek {
+    rest::Seek {
+        skipped: o.skipped,
+        replayed: o.replayed,
+        partitions: o
+            .partitions
+            .into_iter()
+            .map(|p| rest::PartitionSeek {
+                partition: p.partition,
+                from: p.from,
+                to: p.to,
+                skipped: p.skipped,
+                replayed: p.replayed,
+            })
+            .collect(),
     }
 }
 
@@ -178,9 +151,9 @@ pub async fn seek(
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<SeekRequest>,
-) -> Result<Json<SeekJson>, ApiError> {
+) -> Result<Json<rest::Seek>, ApiError> {
     let outcome = state.broker.seek(&topic, &group, req.to.0).await?;
-    Ok(Json(outcome.into()))
+    Ok(Json(seek_json(outcome)))
 }
 
 #[cfg(test)]

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use surety_broker::{Delivery, StartAt, limits};
+use surety_wire::rest;
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::messages::MessageJson;
+use super::messages::message_json;
 use super::path::ApiPath;
 use super::query::{ApiQuery, NoQuery};
 use crate::settle::Batch;
@@ -48,32 +49,15 @@ pub struct FetchRequest {
     pub start: Option<StartJson>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct FetchResponse {
-    pub messages: Vec<DeliveryJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeliveryJson {
-    pub receipt: String,
-    pub partition: u32,
-    pub offset: u64,
-    pub delivery_count: u32,
-    pub lease_until_ms: u64,
-    #[serde(flatten)]
-    pub message: MessageJson,
-}
-
-impl From<Delivery> for DeliveryJson {
-    fn from(d: Delivery) -> Self {
-        Self {
-            receipt: d.receipt,
-            partition: d.partition,
-            offset: d.message.offset,
-            delivery_count: d.delivery_count,
-            lease_until_ms: d.lease_until,
-            message: d.message.into(),
-        }
+/// A delivery as REST shows it.
+fn delivery_json(d: Delivery) -> rest::Delivery {
+    rest::Delivery {
+        receipt: d.receipt,
+        partition: d.partition,
+        offset: d.message.offset,
+        delivery_count: d.delivery_count,
+        lease_until_ms: d.lease_until,
+        message: message_json(d.message),
     }
 }
 
@@ -82,7 +66,7 @@ pub async fn fetch(
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<FetchRequest>,
-) -> Result<Json<FetchResponse>, ApiError> {
+) -> Result<Json<rest::FetchResponse>, ApiError> {
     let max = req.max.unwrap_or(DEFAULT_FETCH);
     let wait_ms = req.wait_ms.unwrap_or(0);
     limits::check_fetch(max, wait_ms)?;
@@ -105,8 +89,8 @@ pub async fn fetch(
             req.lease_ms.map(Duration::from_millis),
         )
         .await?;
-    Ok(Json(FetchResponse {
-        messages: deliveries.into_iter().map(Into::into).collect(),
+    Ok(Json(rest::FetchResponse {
+        messages: deliveries.into_iter().map(delivery_json).collect(),
     }))
 }
 
@@ -116,31 +100,17 @@ pub struct AckRequest {
     pub receipts: Vec<String>,
 }
 
-/// One refused receipt of an ack or nack: its index in `receipts`, and why.
-#[derive(Debug, Serialize)]
-pub struct ReceiptErrorJson {
-    pub index: usize,
-    pub code: &'static str,
-    pub message: String,
-}
-
-fn receipt_errors(batch: &Batch) -> Vec<ReceiptErrorJson> {
+/// The refused receipts of an ack or nack: index in `receipts`, and why.
+fn receipt_errors(batch: &Batch) -> Vec<rest::ReceiptError> {
     batch
         .errors
         .iter()
-        .map(|(index, e)| ReceiptErrorJson {
+        .map(|(index, e)| rest::ReceiptError {
             index: *index,
-            code: e.code(),
+            code: e.code().to_owned(),
             message: e.to_string(),
         })
         .collect()
-}
-
-#[derive(Debug, Serialize)]
-pub struct AckResponse {
-    pub acked: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<ReceiptErrorJson>,
 }
 
 /// Each receipt on its own (crate::settle): the valid ones are acked, the refused ones
@@ -150,11 +120,11 @@ pub async fn ack(
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<AckRequest>,
-) -> Result<Json<AckResponse>, ApiError> {
+) -> Result<Json<rest::AckResponse>, ApiError> {
     let outcomes = state.broker.ack_each(&topic, &group, &req.receipts).await;
     let batch = outcomes.and_then(Batch::judge)?;
     crate::metrics::record_acked(&topic, &group, batch.applied);
-    Ok(Json(AckResponse {
+    Ok(Json(rest::AckResponse {
         acked: batch.applied,
         errors: receipt_errors(&batch),
     }))
@@ -170,13 +140,6 @@ pub struct NackRequest {
     pub reason: String,
 }
 
-#[derive(Debug, Serialize)]
-pub struct NackResponse {
-    pub nacked: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<ReceiptErrorJson>,
-}
-
 /// Each receipt on its own, like ack. Each message comes back after
 /// `max(delay_ms, backoff)`, or goes to the dead letters at the topic's `max_deliveries`.
 /// `delay_ms` and `reason` out of bounds refuse the whole request.
@@ -185,7 +148,7 @@ pub async fn nack(
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<NackRequest>,
-) -> Result<Json<NackResponse>, ApiError> {
+) -> Result<Json<rest::NackResponse>, ApiError> {
     let outcomes = state
         .broker
         .nack_each(
@@ -198,7 +161,7 @@ pub async fn nack(
         .await;
     let batch = outcomes.and_then(Batch::judge)?;
     crate::metrics::record_nacked(&topic, &group, batch.applied);
-    Ok(Json(NackResponse {
+    Ok(Json(rest::NackResponse {
         nacked: batch.applied,
         errors: receipt_errors(&batch),
     }))

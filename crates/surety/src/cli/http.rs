@@ -43,6 +43,16 @@ impl Client {
         self.get_query(path, &[]).await
     }
 
+    /// A GET whose answer is read into its `surety_wire::rest` type (`what` names it in
+    /// a protocol error).
+    pub async fn get_as<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &[&str],
+    ) -> Result<T, CliError> {
+        decode(what, &self.get(path).await?)
+    }
+
     /// A GET with query parameters (`?limit=10&after=7`), encoded by the URL library.
     pub async fn get_query(
         &self,
