@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
+use surety_wire::rest;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::error::CliError;
 use super::http::{Client, decode};
 use super::settle::refused_line;
 use super::{ClientArgs, Conn, output};
-use surety_wire::rest;
-
 pub const LONG_ABOUT: &str = "\
 Fetch messages for a consumer group, print them, then acknowledge them. Each group
 gets every message of the topic; within a group each message goes to one consumer.

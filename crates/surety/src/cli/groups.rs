@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-
-use super::error::CliError;
 use surety_wire::rest;
 
+use super::error::CliError;
 use super::http::{Client, decode};
 use super::output::{self, Align, Table};
 use super::{ClientArgs, Conn, time};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use surety_wire::rest;
 
 use super::Conn;
 use super::error::{CliError, one_line};
@@ -180,17 +181,9 @@ pub fn decode<T: DeserializeOwned>(what: &str, v: &Value) -> Result<T, CliError>
 /// `{"error":{"code","message"}}` becomes `CliError::Server`; any other body is kept to
 /// its first line so that an HTML error page cannot flood the terminal.
 fn error_from_body(status: StatusCode, body: &[u8]) -> CliError {
-    let parsed: Option<(String, String)> =
-        serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-            let e = v.get("error")?;
-            let code = e.get("code")?.as_str()?.to_string();
-            let message = e
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            Some((code, message))
-        });
+    let parsed = serde_json::from_slice::<rest::ErrorBody>(body)
+        .ok()
+        .map(|b| (b.error.code, b.error.message));
     match parsed {
         Some((code, message)) => CliError::Server {
             status: status.as_u16(),

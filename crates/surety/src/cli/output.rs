@@ -8,9 +8,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 use serde_json::Value;
-use surety_wire::rest;
-
 pub use surety_bench::table::{Align, Table};
+use surety_wire::rest;
 
 use super::error::CliError;
 
@@ -201,8 +200,8 @@ pub fn offset_ranges(offsets: &[(u32, u64)]) -> String {
     out
 }
 
-/// The first of several JSON pointers that holds a number: the topic and group views
-/// read counters that a server may nest (`/stats/acked`) or not (`/acked`).
+/// The first of several JSON pointers that holds a number (for the dead-letter rows,
+/// which stay JSON: see `dlq::Page`).
 pub fn number(v: &Value, pointers: &[&str]) -> Option<u64> {
     pointers
         .iter()

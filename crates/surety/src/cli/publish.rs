@@ -9,8 +9,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use surety_wire::rest;
 
 use super::error::CliError;
 use super::http::{Client, decode};
@@ -89,20 +89,6 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
             "expected NAME=VALUE (for example --header source=web), got {s:?}"
         )),
     }
-}
-
-/// The server's answer for one message.
-#[derive(Debug, Deserialize)]
-struct Stored {
-    partition: u32,
-    offset: u64,
-    #[serde(default)]
-    duplicate: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct PublishResponse {
-    results: Vec<Value>,
 }
 
 /// Everything of a message except its payload, shared by every message of one command.
@@ -200,15 +186,17 @@ pub async fn run(args: PublishArgs, conn: &Conn) -> Result<(), CliError> {
             eprintln!(
                 "note: {} before the error were stored ({}); the rest were not",
                 output::plural(publisher.results.len(), "message"),
-                publisher.summary()?.1
+                publisher.summary().1
             );
         }
         return Err(e);
     }
     if conn.json {
-        output::json(&json!({ "results": publisher.results }))
+        output::json(&rest::PublishResponse {
+            results: publisher.results,
+        })
     } else {
-        let (count, ranges, dups) = publisher.summary()?;
+        let (count, ranges, dups) = publisher.summary();
         let mut text = format!(
             "published {} to {} ({ranges})",
             output::plural(count, "message"),
@@ -232,7 +220,7 @@ struct Publisher<'a> {
     topic: &'a str,
     envelope: &'a Envelope,
     /// The server's results, in input order.
-    results: Vec<Value>,
+    results: Vec<rest::PublishResult>,
 }
 
 impl Publisher<'_> {
@@ -254,7 +242,7 @@ impl Publisher<'_> {
                 Duration::ZERO,
             )
             .await?;
-        let resp: PublishResponse = decode("publish answer", &answer)?;
+        let resp: rest::PublishResponse = decode("publish answer", &answer)?;
         if resp.results.len() != sent {
             return Err(CliError::Protocol(format!(
                 "sent {sent} messages, got {} results",
@@ -312,15 +300,11 @@ impl Publisher<'_> {
     }
 
     /// (messages, their partition:offset ranges, how many were duplicates)
-    fn summary(&self) -> Result<(usize, String, usize), CliError> {
-        let stored: Vec<Stored> = self
-            .results
-            .iter()
-            .map(|r| decode("publish result", r))
-            .collect::<Result<_, _>>()?;
+    fn summary(&self) -> (usize, String, usize) {
+        let stored = &self.results;
         let offsets: Vec<(u32, u64)> = stored.iter().map(|s| (s.partition, s.offset)).collect();
         let dups = stored.iter().filter(|s| s.duplicate).count();
-        Ok((stored.len(), output::offset_ranges(&offsets), dups))
+        (stored.len(), output::offset_ranges(&offsets), dups)
     }
 }
 

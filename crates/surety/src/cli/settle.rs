@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::{Value, json};
-
-use super::error::CliError;
 use surety_wire::rest;
 
+use super::error::CliError;
 use super::http::{Client, decode};
 use super::{ClientArgs, Conn, output, time};
 

@@ -3,10 +3,9 @@
 use clap::{Args, Subcommand};
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
-
-use super::error::CliError;
 use surety_wire::rest;
 
+use super::error::CliError;
 use super::http::{Client, decode};
 use super::output::{self, Align, Table};
 use super::{ClientArgs, Conn, groups};
