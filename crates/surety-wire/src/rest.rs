@@ -10,6 +10,104 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+// Request bodies. The server refuses unknown fields; absent optional fields are left
+// out when written.
+
+/// `POST /v1/topics/{topic}/messages`: 1 to 10000 messages, stored all or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub messages: Vec<NewMessage>,
+}
+
+/// One message to publish: exactly one of `payload` / `payload_base64`; at most one of
+/// `key` / `key_base64`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+}
+
+/// Where a new group starts: `"earliest"` (the default) or `"latest"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// `PUT /v1/topics/{topic}/groups/{group}` (the body may be left out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    #[serde(default)]
+    pub start: Start,
+}
+
+/// `POST .../fetch`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// Defaults to the topic's `ack_wait_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// Where the group starts if this fetch creates it; ignored if it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Start>,
+}
+
+/// `POST .../ack`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub receipts: Vec<String>,
+}
+
+/// `POST .../nack`: each message comes back after `max(delay_ms, backoff)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NackRequest {
+    pub receipts: Vec<String>,
+    #[serde(default)]
+    pub delay_ms: u64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST .../dead-letters/resend|purge`: `{"ids":[...]}` or `{"all":true}`, exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
+// Answers.
+
 /// Every error answer: `{"error":{"code","message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -372,6 +470,23 @@ mod tests {
         round_trip::<DeadLetterPage>(json!({"dead_letters": [], "next": null}));
         round_trip::<ResendResponse>(json!({"resent": 3}));
         round_trip::<PurgeResponse>(json!({"purged": 3}));
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        round_trip::<PublishRequest>(json!({"messages": [
+            {"payload": "p", "key_base64": "AP8=", "headers": {"h": "v"}, "id": "i",
+             "producer_id": "p", "sequence": 1, "not_before_ms": 2},
+            {"payload_base64": "/wA="}]}));
+        round_trip::<CreateGroupRequest>(json!({"start": "latest"}));
+        round_trip::<FetchRequest>(json!({"max": 1, "wait_ms": 2, "lease_ms": 3,
+            "start": "earliest"}));
+        round_trip::<FetchRequest>(json!({}));
+        round_trip::<AckRequest>(json!({"receipts": ["a"]}));
+        round_trip::<NackRequest>(json!({"receipts": ["a"], "delay_ms": 5, "reason": "r"}));
+        round_trip::<SelectionRequest>(json!({"ids": [1, 2]}));
+        round_trip::<SelectionRequest>(json!({"all": true}));
+        assert!(serde_json::from_value::<AckRequest>(json!({"receipts": [], "x": 1})).is_err());
     }
 
     #[test]

@@ -113,22 +113,13 @@ pub async fn get(
 }
 
 /// `{"ids":[...]}` or `{"all":true}`, exactly one.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SelectionRequest {
-    pub ids: Option<Vec<u64>>,
-    pub all: Option<bool>,
-}
-
-impl SelectionRequest {
-    fn selection(self) -> Result<Selection, ApiError> {
-        match (self.ids, self.all) {
-            (Some(ids), None) => Ok(Selection::Ids(ids)),
-            (None, Some(true)) => Ok(Selection::All),
-            _ => Err(ApiError::invalid_request(
-                r#"give exactly one of "ids":[...] or "all":true"#,
-            )),
-        }
+fn selection(req: rest::SelectionRequest) -> Result<Selection, ApiError> {
+    match (req.ids, req.all) {
+        (Some(ids), None) => Ok(Selection::Ids(ids)),
+        (None, Some(true)) => Ok(Selection::All),
+        _ => Err(ApiError::invalid_request(
+            r#"give exactly one of "ids":[...] or "all":true"#,
+        )),
     }
 }
 
@@ -137,9 +128,9 @@ pub async fn resend(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<SelectionRequest>,
+    ApiJson(req): ApiJson<rest::SelectionRequest>,
 ) -> Result<Json<rest::ResendResponse>, ApiError> {
-    let which = req.selection()?;
+    let which = selection(req)?;
     let resent = state.broker.resend(&topic, &group, &which).await?;
     tracing::info!(topic, group, resent, "dead letters resent");
     Ok(Json(rest::ResendResponse { resent }))
@@ -150,9 +141,9 @@ pub async fn purge(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<SelectionRequest>,
+    ApiJson(req): ApiJson<rest::SelectionRequest>,
 ) -> Result<Json<rest::PurgeResponse>, ApiError> {
-    let which = req.selection()?;
+    let which = selection(req)?;
     let purged = state.broker.purge(&topic, &group, &which).await?;
     tracing::info!(topic, group, purged, "dead letters purged");
     Ok(Json(rest::PurgeResponse { purged }))

@@ -11,7 +11,7 @@ use surety_broker::{GroupDeleted, SeekOutcome, SeekTo};
 use surety_wire::rest;
 
 use super::error::ApiError;
-use super::groups::StartJson;
+use super::groups::start_at;
 use super::json::{ApiJson, OptionalJson};
 use super::path::ApiPath;
 use super::query::{ApiQuery, NoQuery};
@@ -40,24 +40,17 @@ pub async fn get(
     )))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateGroupRequest {
-    #[serde(default)]
-    pub start: StartJson,
-}
-
 /// Creates the group at `start` (201), or leaves an existing one where it is (200; seek
 /// moves groups).
 pub async fn put(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    OptionalJson(req): OptionalJson<CreateGroupRequest>,
+    OptionalJson(req): OptionalJson<rest::CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<rest::Group>), ApiError> {
     let (info, created) = state
         .broker
-        .create_group(&topic, &group, req.start.into())
+        .create_group(&topic, &group, start_at(req.start))
         .await?;
     let status = if created {
         tracing::info!(topic, group, start = ?req.start, "group created");

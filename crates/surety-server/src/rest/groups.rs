@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use serde::Deserialize;
 use surety_broker::{Delivery, StartAt, limits};
 use surety_wire::rest;
 
@@ -20,33 +19,12 @@ use crate::state::AppState;
 
 const DEFAULT_FETCH: usize = 10;
 
-/// Where a new group starts: `"earliest"` (the default) or `"latest"`.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartJson {
-    #[default]
-    Earliest,
-    Latest,
-}
-
-impl From<StartJson> for StartAt {
-    fn from(s: StartJson) -> Self {
-        match s {
-            StartJson::Earliest => StartAt::Earliest,
-            StartJson::Latest => StartAt::Latest,
-        }
+/// Where a new group starts, in broker terms.
+pub fn start_at(s: rest::Start) -> StartAt {
+    match s {
+        rest::Start::Earliest => StartAt::Earliest,
+        rest::Start::Latest => StartAt::Latest,
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FetchRequest {
-    pub max: Option<usize>,
-    pub wait_ms: Option<u64>,
-    /// Defaults to the topic's `ack_wait_ms`.
-    pub lease_ms: Option<u64>,
-    /// Where the group starts if this fetch creates it; ignored if it exists.
-    pub start: Option<StartJson>,
 }
 
 /// A delivery as REST shows it.
@@ -65,7 +43,7 @@ pub async fn fetch(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<FetchRequest>,
+    ApiJson(req): ApiJson<rest::FetchRequest>,
 ) -> Result<Json<rest::FetchResponse>, ApiError> {
     let max = req.max.unwrap_or(DEFAULT_FETCH);
     let wait_ms = req.wait_ms.unwrap_or(0);
@@ -76,7 +54,7 @@ pub async fn fetch(
     if let Some(start) = req.start {
         state
             .broker
-            .create_group(&topic, &group, start.into())
+            .create_group(&topic, &group, start_at(start))
             .await?;
     }
     let deliveries = state
@@ -92,12 +70,6 @@ pub async fn fetch(
     Ok(Json(rest::FetchResponse {
         messages: deliveries.into_iter().map(delivery_json).collect(),
     }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckRequest {
-    pub receipts: Vec<String>,
 }
 
 /// The refused receipts of an ack or nack: index in `receipts`, and why.
@@ -119,7 +91,7 @@ pub async fn ack(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<AckRequest>,
+    ApiJson(req): ApiJson<rest::AckRequest>,
 ) -> Result<Json<rest::AckResponse>, ApiError> {
     let outcomes = state.broker.ack_each(&topic, &group, &req.receipts).await;
     let batch = outcomes.and_then(Batch::judge)?;
@@ -130,16 +102,6 @@ pub async fn ack(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NackRequest {
-    pub receipts: Vec<String>,
-    #[serde(default)]
-    pub delay_ms: u64,
-    #[serde(default)]
-    pub reason: String,
-}
-
 /// Each receipt on its own, like ack. Each message comes back after
 /// `max(delay_ms, backoff)`, or goes to the dead letters at the topic's `max_deliveries`.
 /// `delay_ms` and `reason` out of bounds refuse the whole request.
@@ -147,7 +109,7 @@ pub async fn nack(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<NackRequest>,
+    ApiJson(req): ApiJson<rest::NackRequest>,
 ) -> Result<Json<rest::NackResponse>, ApiError> {
     let outcomes = state
         .broker

@@ -2,8 +2,6 @@
 //! (peek), and how a stored message looks in JSON (shared by fetch, peek and dead-letter
 //! answers).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,29 +16,6 @@ use super::path::ApiPath;
 use super::query::{ApiQuery, NoQuery};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishRequest {
-    pub messages: Vec<NewMessage>,
-}
-
-/// One message to publish: exactly one of `payload` / `payload_base64`; at most one of
-/// `key` / `key_base64`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewMessage {
-    pub payload: Option<String>,
-    pub payload_base64: Option<String>,
-    pub key: Option<String>,
-    pub key_base64: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub id: Option<String>,
-    pub producer_id: Option<String>,
-    pub sequence: Option<u64>,
-    pub not_before_ms: Option<u64>,
-}
-
 fn publish_result_json(r: PublishResult) -> rest::PublishResult {
     rest::PublishResult {
         partition: r.partition,
@@ -49,29 +24,29 @@ fn publish_result_json(r: PublishResult) -> rest::PublishResult {
     }
 }
 
-impl NewMessage {
-    fn into_publish(self, max_bytes: usize) -> Result<PublishMessage, ApiError> {
-        let payload = bytes::decode("payload", self.payload, self.payload_base64)?
-            .ok_or_else(|| ApiError::invalid_message("give payload or payload_base64"))?;
-        let m = PublishMessage {
-            key: bytes::decode("key", self.key, self.key_base64)?,
-            headers: self.headers,
-            payload,
-            id: self.id,
-            producer_id: self.producer_id,
-            sequence: self.sequence,
-            not_before: self.not_before_ms,
-        };
-        let size = m.size();
-        if size > max_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "message_too_large",
-                format!("message of {size} bytes exceeds the server limit of {max_bytes} bytes"),
-            ));
-        }
-        Ok(m)
+/// A message to publish in broker terms; exactly one of `payload` / `payload_base64`,
+/// at most one of `key` / `key_base64`, and no larger than `max_bytes`.
+fn into_publish(new: rest::NewMessage, max_bytes: usize) -> Result<PublishMessage, ApiError> {
+    let payload = bytes::decode("payload", new.payload, new.payload_base64)?
+        .ok_or_else(|| ApiError::invalid_message("give payload or payload_base64"))?;
+    let m = PublishMessage {
+        key: bytes::decode("key", new.key, new.key_base64)?,
+        headers: new.headers,
+        payload,
+        id: new.id,
+        producer_id: new.producer_id,
+        sequence: new.sequence,
+        not_before: new.not_before_ms,
+    };
+    let size = m.size();
+    if size > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("message of {size} bytes exceeds the server limit of {max_bytes} bytes"),
+        ));
     }
+    Ok(m)
 }
 
 /// Stores the batch (all or nothing: any invalid message refuses the whole batch) and
@@ -81,11 +56,11 @@ pub async fn publish(
     State(state): State<AppState>,
     ApiPath(topic): ApiPath<String>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<PublishRequest>,
+    ApiJson(req): ApiJson<rest::PublishRequest>,
 ) -> Result<Json<rest::PublishResponse>, ApiError> {
     let mut batch = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.into_iter().enumerate() {
-        let m = m.into_publish(state.max_message_bytes).map_err(|mut e| {
+        let m = into_publish(m, state.max_message_bytes).map_err(|mut e| {
             e.message = format!("messages[{i}]: {}", e.message);
             e
         })?;

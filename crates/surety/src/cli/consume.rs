@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::json;
 use surety_wire::rest;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -234,10 +233,12 @@ impl Consumer<'_> {
     }
 
     async fn fetch(&self, max: u32, wait_ms: u64) -> Result<Vec<rest::Delivery>, CliError> {
-        let mut body = json!({ "max": max, "wait_ms": wait_ms });
-        if let Some(lease) = self.args.lease_ms {
-            body["lease_ms"] = lease.into();
-        }
+        let body = rest::FetchRequest {
+            max: Some(max as usize),
+            wait_ms: Some(wait_ms),
+            lease_ms: self.args.lease_ms,
+            start: None,
+        };
         let answer = self
             .client
             .post(
@@ -281,7 +282,9 @@ impl Consumer<'_> {
             .client
             .post(
                 &self.group_path("ack"),
-                &json!({ "receipts": receipts }),
+                &rest::AckRequest {
+                    receipts: receipts.to_vec(),
+                },
                 Duration::ZERO,
             )
             .await?;
@@ -406,6 +409,7 @@ fn human_line(d: &rest::Delivery) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn what_follow_retries() {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use surety_wire::rest;
 
 use super::error::CliError;
@@ -139,11 +139,17 @@ impl Queue {
 }
 
 impl Which {
-    fn body(&self) -> Value {
+    fn body(&self) -> rest::SelectionRequest {
         if self.all {
-            json!({ "all": true })
+            rest::SelectionRequest {
+                ids: None,
+                all: Some(true),
+            }
         } else {
-            json!({ "ids": self.ids })
+            rest::SelectionRequest {
+                ids: Some(self.ids.clone()),
+                all: None,
+            }
         }
     }
 }
@@ -350,6 +356,7 @@ fn show(letter: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn selection_bodies() {
@@ -357,12 +364,18 @@ mod tests {
             ids: vec![],
             all: true,
         };
-        assert_eq!(all.body(), json!({"all": true}));
+        assert_eq!(
+            serde_json::to_value(all.body()).unwrap(),
+            json!({"all": true})
+        );
         let some = Which {
             ids: vec![3, 4],
             all: false,
         };
-        assert_eq!(some.body(), json!({"ids": [3, 4]}));
+        assert_eq!(
+            serde_json::to_value(some.body()).unwrap(),
+            json!({"ids": [3, 4]})
+        );
     }
 
     #[test]

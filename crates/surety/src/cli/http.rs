@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use surety_wire::rest;
@@ -72,14 +73,17 @@ impl Client {
             .map(|(_, v)| v)
     }
 
-    /// A POST whose server side may wait up to `wait` (long polling) before answering.
-    pub async fn post(
+    /// A POST of `body` (a `surety_wire::rest` request, or JSON) whose server side may
+    /// wait up to `wait` (long polling) before answering.
+    pub async fn post<B: Serialize + ?Sized>(
         &self,
         path: &[&str],
-        body: &Value,
+        body: &B,
         wait: Duration,
     ) -> Result<Value, CliError> {
-        self.send(Method::POST, path, Some(body), wait)
+        let body = serde_json::to_value(body)
+            .map_err(|e| CliError::Protocol(format!("request body: {e}")))?;
+        self.send(Method::POST, path, Some(&body), wait)
             .await
             .map(|(_, v)| v)
     }

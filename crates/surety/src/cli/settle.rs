@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::Value;
 use surety_wire::rest;
 
 use super::error::CliError;
@@ -99,7 +99,9 @@ pub async fn ack(args: AckArgs, conn: &Conn) -> Result<(), CliError> {
     let answer = client
         .post(
             &path(r, "ack"),
-            &json!({ "receipts": r.receipts }),
+            &rest::AckRequest {
+                receipts: r.receipts.clone(),
+            },
             Duration::ZERO,
         )
         .await?;
@@ -129,7 +131,11 @@ pub async fn nack(args: NackArgs, conn: &Conn) -> Result<(), CliError> {
     let answer = client
         .post(
             &path(r, "nack"),
-            &json!({ "receipts": r.receipts, "delay_ms": delay_ms, "reason": reason }),
+            &rest::NackRequest {
+                receipts: r.receipts.clone(),
+                delay_ms,
+                reason,
+            },
             Duration::ZERO,
         )
         .await?;
@@ -205,6 +211,7 @@ pub fn refused_line(e: &rest::ReceiptError, receipt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn refused_receipts_are_read_and_named() {
