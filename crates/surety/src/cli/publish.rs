@@ -9,7 +9,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Map, Value, json};
 use surety_wire::rest;
 
 use super::error::CliError;
@@ -124,39 +123,44 @@ impl Envelope {
         })
     }
 
-    /// The JSON of the `index`-th message of this command (its sequence is offset by
-    /// it), sent at `now_ms`.
-    fn message(&self, payload: Vec<u8>, index: u64, now_ms: u64) -> Result<Value, CliError> {
-        let mut m = Map::new();
-        match String::from_utf8(payload) {
-            Ok(text) => m.insert("payload".into(), text.into()),
-            Err(e) => m.insert(
-                "payload_base64".into(),
-                base64::engine::general_purpose::STANDARD
-                    .encode(e.as_bytes())
-                    .into(),
+    /// The `index`-th message of this command (its sequence is offset by it), sent at
+    /// `now_ms`.
+    fn message(
+        &self,
+        payload: Vec<u8>,
+        index: u64,
+        now_ms: u64,
+    ) -> Result<rest::NewMessage, CliError> {
+        let (payload, payload_base64) = match String::from_utf8(payload) {
+            Ok(text) => (Some(text), None),
+            Err(e) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
             ),
         };
-        if let Some(k) = &self.key {
-            m.insert("key".into(), k.clone().into());
-        }
-        if !self.headers.is_empty() {
-            m.insert("headers".into(), json!(self.headers));
-        }
-        if let Some(id) = &self.id {
-            m.insert("id".into(), id.clone().into());
-        }
-        if let Some((producer, first)) = &self.producer {
-            let seq = first.checked_add(index).ok_or_else(|| {
-                CliError::Usage("--sequence overflows for this many messages".into())
-            })?;
-            m.insert("producer_id".into(), producer.clone().into());
-            m.insert("sequence".into(), seq.into());
-        }
-        if let Some(delay) = self.delay_ms.filter(|&d| d > 0) {
-            m.insert("not_before_ms".into(), now_ms.saturating_add(delay).into());
-        }
-        Ok(Value::Object(m))
+        let (producer_id, sequence) = match &self.producer {
+            Some((producer, first)) => {
+                let seq = first.checked_add(index).ok_or_else(|| {
+                    CliError::Usage("--sequence overflows for this many messages".into())
+                })?;
+                (Some(producer.clone()), Some(seq))
+            }
+            None => (None, None),
+        };
+        Ok(rest::NewMessage {
+            payload,
+            payload_base64,
+            key: self.key.clone(),
+            key_base64: None,
+            headers: self.headers.clone(),
+            id: self.id.clone(),
+            producer_id,
+            sequence,
+            not_before_ms: self
+                .delay_ms
+                .filter(|&d| d > 0)
+                .map(|d| now_ms.saturating_add(d)),
+        })
     }
 }
 
@@ -238,7 +242,7 @@ impl Publisher<'_> {
             .client
             .post(
                 &["v1", "topics", self.topic, "messages"],
-                &json!({ "messages": messages }),
+                &rest::PublishRequest { messages },
                 Duration::ZERO,
             )
             .await?;
@@ -349,6 +353,7 @@ fn progress_bar() -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn headers_parse_or_explain() {
@@ -368,7 +373,7 @@ mod tests {
             delay_ms: None,
         };
         assert_eq!(
-            e.message(b"hi".to_vec(), 1, 7).unwrap(),
+            serde_json::to_value(e.message(b"hi".to_vec(), 1, 7).unwrap()).unwrap(),
             json!({"payload":"hi","key":"k","headers":{"h":"v"},"producer_id":"p","sequence":42})
         );
         let bare = Envelope {
@@ -379,7 +384,7 @@ mod tests {
             delay_ms: Some(1500),
         };
         assert_eq!(
-            bare.message(vec![0xff, 0], 0, 1_000_000).unwrap(),
+            serde_json::to_value(bare.message(vec![0xff, 0], 0, 1_000_000).unwrap()).unwrap(),
             json!({"payload_base64":"/wA=","id":"x","not_before_ms":1_001_500})
         );
         let full = Envelope {
