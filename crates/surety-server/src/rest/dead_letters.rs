@@ -5,43 +5,29 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use surety_broker::{BrokerError, DeadLetter, DeadLetterPage, Selection, limits};
+use surety_wire::rest;
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::messages::MessageJson;
+use super::messages::message_json;
 use super::path::ApiPath;
 use super::query::{ApiQuery, NoQuery};
 use crate::state::AppState;
 
-#[derive(Debug, Serialize)]
-pub struct DeadLetterJson {
-    pub id: u64,
-    pub partition: u32,
-    pub offset: u64,
-    pub reason: String,
-    pub attempts: u32,
-    pub first_delivered_at_ms: Option<u64>,
-    pub last_delivered_at_ms: Option<u64>,
-    pub dead_lettered_at_ms: u64,
-    #[serde(flatten)]
-    pub message: MessageJson,
-}
-
-impl From<DeadLetter> for DeadLetterJson {
-    fn from(d: DeadLetter) -> Self {
-        Self {
-            id: d.id,
-            partition: d.partition,
-            offset: d.offset,
-            reason: d.reason,
-            attempts: d.attempts,
-            first_delivered_at_ms: d.first_delivered_at,
-            last_delivered_at_ms: d.last_delivered_at,
-            dead_lettered_at_ms: d.dead_lettered_at,
-            message: d.message.into(),
-        }
+/// A dead letter as REST shows it.
+fn dead_letter_json(d: DeadLetter) -> rest::DeadLetter {
+    rest::DeadLetter {
+        id: d.id,
+        partition: d.partition,
+        offset: d.offset,
+        reason: d.reason,
+        attempts: d.attempts,
+        first_delivered_at_ms: d.first_delivered_at,
+        last_delivered_at_ms: d.last_delivered_at,
+        dead_lettered_at_ms: d.dead_lettered_at,
+        message: message_json(d.message),
     }
 }
 
@@ -54,7 +40,8 @@ pub struct PageQuery {
     pub after: Option<u64>,
 }
 
-/// One page: `{"dead_letters":[...],"next":ID or null}`; pass `after=<next>` for the next.
+/// One page, a [`rest::DeadLetterPage`]: `{"dead_letters":[...],"next":ID or null}`; pass
+/// `after=<next>` for the next.
 ///
 /// The page is written as it is read: each dead letter is read from the queue, its JSON
 /// appended to the answer, and the record dropped, so the answer (at most `limit` dead
@@ -90,7 +77,7 @@ fn write_page(mut page: DeadLetterPage) -> Result<Vec<u8>, ApiError> {
             out.push(b',');
         }
         first = false;
-        serde_json::to_writer(&mut out, &DeadLetterJson::from(d?)).map_err(unserializable)?;
+        serde_json::to_writer(&mut out, &dead_letter_json(d?)).map_err(unserializable)?;
     }
     out.extend_from_slice(br#"],"next":"#);
     serde_json::to_writer(&mut out, &page.next_cursor()).map_err(unserializable)?;
@@ -107,7 +94,7 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath((topic, group, id)): ApiPath<(String, String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<DeadLetterJson>, ApiError> {
+) -> Result<Json<rest::DeadLetter>, ApiError> {
     let absent = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -120,39 +107,20 @@ pub async fn get(
         return Err(absent());
     };
     match state.broker.dead_letter(&topic, &group, n).await? {
-        Some(d) => Ok(Json(d.into())),
+        Some(d) => Ok(Json(dead_letter_json(d))),
         None => Err(absent()),
     }
 }
 
 /// `{"ids":[...]}` or `{"all":true}`, exactly one.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SelectionRequest {
-    pub ids: Option<Vec<u64>>,
-    pub all: Option<bool>,
-}
-
-impl SelectionRequest {
-    fn selection(self) -> Result<Selection, ApiError> {
-        match (self.ids, self.all) {
-            (Some(ids), None) => Ok(Selection::Ids(ids)),
-            (None, Some(true)) => Ok(Selection::All),
-            _ => Err(ApiError::invalid_request(
-                r#"give exactly one of "ids":[...] or "all":true"#,
-            )),
-        }
+fn selection(req: rest::SelectionRequest) -> Result<Selection, ApiError> {
+    match (req.ids, req.all) {
+        (Some(ids), None) => Ok(Selection::Ids(ids)),
+        (None, Some(true)) => Ok(Selection::All),
+        _ => Err(ApiError::invalid_request(
+            r#"give exactly one of "ids":[...] or "all":true"#,
+        )),
     }
-}
-
-#[derive(Debug, Serialize)]
-pub struct ResendResponse {
-    pub resent: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PurgeResponse {
-    pub purged: usize,
 }
 
 /// Puts dead letters back into this group's delivery only. Unknown ids are skipped.
@@ -160,12 +128,12 @@ pub async fn resend(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<SelectionRequest>,
-) -> Result<Json<ResendResponse>, ApiError> {
-    let which = req.selection()?;
+    ApiJson(req): ApiJson<rest::SelectionRequest>,
+) -> Result<Json<rest::ResendResponse>, ApiError> {
+    let which = selection(req)?;
     let resent = state.broker.resend(&topic, &group, &which).await?;
     tracing::info!(topic, group, resent, "dead letters resent");
-    Ok(Json(ResendResponse { resent }))
+    Ok(Json(rest::ResendResponse { resent }))
 }
 
 /// Deletes dead letters for good (counted in the group's `dead_letters_purged`).
@@ -173,10 +141,10 @@ pub async fn purge(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<SelectionRequest>,
-) -> Result<Json<PurgeResponse>, ApiError> {
-    let which = req.selection()?;
+    ApiJson(req): ApiJson<rest::SelectionRequest>,
+) -> Result<Json<rest::PurgeResponse>, ApiError> {
+    let which = selection(req)?;
     let purged = state.broker.purge(&topic, &group, &which).await?;
     tracing::info!(topic, group, purged, "dead letters purged");
-    Ok(Json(PurgeResponse { purged }))
+    Ok(Json(rest::PurgeResponse { purged }))
 }

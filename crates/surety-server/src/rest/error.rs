@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use surety_broker::BrokerError;
+use surety_wire::rest;
 
 /// An error answer. `code` is stable (docs/errors.md); `message` is for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,12 @@ impl From<BrokerError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = rest::ErrorBody {
+            error: rest::ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

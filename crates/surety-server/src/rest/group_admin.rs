@@ -4,32 +4,28 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Deserialize;
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use surety_broker::{GroupDeleted, SeekOutcome, SeekTo};
+use surety_wire::rest;
 
 use super::error::ApiError;
-use super::groups::StartJson;
+use super::groups::start_at;
 use super::json::{ApiJson, OptionalJson};
 use super::path::ApiPath;
 use super::query::{ApiQuery, NoQuery};
-use super::topics::GroupJson;
+use super::topics::group_json;
 use crate::state::AppState;
-
-#[derive(Debug, Serialize)]
-pub struct GroupList {
-    pub groups: Vec<GroupJson>,
-}
 
 pub async fn list(
     State(state): State<AppState>,
     ApiPath(topic): ApiPath<String>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<GroupList>, ApiError> {
+) -> Result<Json<rest::GroupList>, ApiError> {
     let groups = state.broker.groups(&topic).await?;
-    Ok(Json(GroupList {
-        groups: groups.into_iter().map(Into::into).collect(),
+    Ok(Json(rest::GroupList {
+        groups: groups.into_iter().map(group_json).collect(),
     }))
 }
 
@@ -38,15 +34,10 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<GroupJson>, ApiError> {
-    Ok(Json(state.broker.group_info(&topic, &group).await?.into()))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateGroupRequest {
-    #[serde(default)]
-    pub start: StartJson,
+) -> Result<Json<rest::Group>, ApiError> {
+    Ok(Json(group_json(
+        state.broker.group_info(&topic, &group).await?,
+    )))
 }
 
 /// Creates the group at `start` (201), or leaves an existing one where it is (200; seek
@@ -55,11 +46,11 @@ pub async fn put(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    OptionalJson(req): OptionalJson<CreateGroupRequest>,
-) -> Result<(StatusCode, Json<GroupJson>), ApiError> {
+    OptionalJson(req): OptionalJson<rest::CreateGroupRequest>,
+) -> Result<(StatusCode, Json<rest::Group>), ApiError> {
     let (info, created) = state
         .broker
-        .create_group(&topic, &group, req.start.into())
+        .create_group(&topic, &group, start_at(req.start))
         .await?;
     let status = if created {
         tracing::info!(topic, group, start = ?req.start, "group created");
@@ -67,14 +58,7 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(info.into())))
-}
-
-#[derive(Debug, Serialize)]
-pub struct GroupDeletedJson {
-    pub group: String,
-    pub unsettled_dropped: u64,
-    pub dead_letters_dropped: u64,
+    Ok((status, Json(group_json(info))))
 }
 
 /// Deletes the group with its state and dead letters; answers what was dropped.
@@ -82,12 +66,12 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<GroupDeletedJson>, ApiError> {
+) -> Result<Json<rest::GroupDeleted>, ApiError> {
     let GroupDeleted {
         unsettled,
         dead_letters,
     } = state.broker.delete_group(&topic, &group).await?;
-    Ok(Json(GroupDeletedJson {
+    Ok(Json(rest::GroupDeleted {
         group,
         unsettled_dropped: unsettled,
         dead_letters_dropped: dead_letters,
@@ -135,39 +119,21 @@ fn seek_target(v: &Value) -> Option<SeekTo> {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct SeekJson {
-    pub skipped: u64,
-    pub replayed: u64,
-    pub partitions: Vec<PartitionSeekJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PartitionSeekJson {
-    pub partition: u32,
-    pub from: u64,
-    pub to: u64,
-    pub skipped: u64,
-    pub replayed: u64,
-}
-
-impl From<SeekOutcome> for SeekJson {
-    fn from(o: SeekOutcome) -> Self {
-        Self {
-            skipped: o.skipped,
-            replayed: o.replayed,
-            partitions: o
-                .partitions
-                .into_iter()
-                .map(|p| PartitionSeekJson {
-                    partition: p.partition,
-                    from: p.from,
-                    to: p.to,
-                    skipped: p.skipped,
-                    replayed: p.replayed,
-                })
-                .collect(),
-        }
+fn seek_json(o: SeekOutcome) -> rest::Seek {
+    rest::Seek {
+        skipped: o.skipped,
+        replayed: o.replayed,
+        partitions: o
+            .partitions
+            .into_iter()
+            .map(|p| rest::PartitionSeek {
+                partition: p.partition,
+                from: p.from,
+                to: p.to,
+                skipped: p.skipped,
+                replayed: p.replayed,
+            })
+            .collect(),
     }
 }
 
@@ -178,9 +144,9 @@ pub async fn seek(
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(req): ApiJson<SeekRequest>,
-) -> Result<Json<SeekJson>, ApiError> {
+) -> Result<Json<rest::Seek>, ApiError> {
     let outcome = state.broker.seek(&topic, &group, req.to.0).await?;
-    Ok(Json(outcome.into()))
+    Ok(Json(seek_json(outcome)))
 }
 
 #[cfg(test)]

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
 use surety_broker::{Delivery, StartAt, limits};
+use surety_wire::rest;
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::messages::MessageJson;
+use super::messages::message_json;
 use super::path::ApiPath;
 use super::query::{ApiQuery, NoQuery};
 use crate::settle::Batch;
@@ -19,61 +19,23 @@ use crate::state::AppState;
 
 const DEFAULT_FETCH: usize = 10;
 
-/// Where a new group starts: `"earliest"` (the default) or `"latest"`.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartJson {
-    #[default]
-    Earliest,
-    Latest,
-}
-
-impl From<StartJson> for StartAt {
-    fn from(s: StartJson) -> Self {
-        match s {
-            StartJson::Earliest => StartAt::Earliest,
-            StartJson::Latest => StartAt::Latest,
-        }
+/// Where a new group starts, in broker terms.
+pub fn start_at(s: rest::Start) -> StartAt {
+    match s {
+        rest::Start::Earliest => StartAt::Earliest,
+        rest::Start::Latest => StartAt::Latest,
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FetchRequest {
-    pub max: Option<usize>,
-    pub wait_ms: Option<u64>,
-    /// Defaults to the topic's `ack_wait_ms`.
-    pub lease_ms: Option<u64>,
-    /// Where the group starts if this fetch creates it; ignored if it exists.
-    pub start: Option<StartJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct FetchResponse {
-    pub messages: Vec<DeliveryJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeliveryJson {
-    pub receipt: String,
-    pub partition: u32,
-    pub offset: u64,
-    pub delivery_count: u32,
-    pub lease_until_ms: u64,
-    #[serde(flatten)]
-    pub message: MessageJson,
-}
-
-impl From<Delivery> for DeliveryJson {
-    fn from(d: Delivery) -> Self {
-        Self {
-            receipt: d.receipt,
-            partition: d.partition,
-            offset: d.message.offset,
-            delivery_count: d.delivery_count,
-            lease_until_ms: d.lease_until,
-            message: d.message.into(),
-        }
+/// A delivery as REST shows it.
+fn delivery_json(d: Delivery) -> rest::Delivery {
+    rest::Delivery {
+        receipt: d.receipt,
+        partition: d.partition,
+        offset: d.message.offset,
+        delivery_count: d.delivery_count,
+        lease_until_ms: d.lease_until,
+        message: message_json(d.message),
     }
 }
 
@@ -81,8 +43,8 @@ pub async fn fetch(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<FetchRequest>,
-) -> Result<Json<FetchResponse>, ApiError> {
+    ApiJson(req): ApiJson<rest::FetchRequest>,
+) -> Result<Json<rest::FetchResponse>, ApiError> {
     let max = req.max.unwrap_or(DEFAULT_FETCH);
     let wait_ms = req.wait_ms.unwrap_or(0);
     limits::check_fetch(max, wait_ms)?;
@@ -92,7 +54,7 @@ pub async fn fetch(
     if let Some(start) = req.start {
         state
             .broker
-            .create_group(&topic, &group, start.into())
+            .create_group(&topic, &group, start_at(start))
             .await?;
     }
     let deliveries = state
@@ -105,42 +67,22 @@ pub async fn fetch(
             req.lease_ms.map(Duration::from_millis),
         )
         .await?;
-    Ok(Json(FetchResponse {
-        messages: deliveries.into_iter().map(Into::into).collect(),
+    Ok(Json(rest::FetchResponse {
+        messages: deliveries.into_iter().map(delivery_json).collect(),
     }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckRequest {
-    pub receipts: Vec<String>,
-}
-
-/// One refused receipt of an ack or nack: its index in `receipts`, and why.
-#[derive(Debug, Serialize)]
-pub struct ReceiptErrorJson {
-    pub index: usize,
-    pub code: &'static str,
-    pub message: String,
-}
-
-fn receipt_errors(batch: &Batch) -> Vec<ReceiptErrorJson> {
+/// The refused receipts of an ack or nack: index in `receipts`, and why.
+fn receipt_errors(batch: &Batch) -> Vec<rest::ReceiptError> {
     batch
         .errors
         .iter()
-        .map(|(index, e)| ReceiptErrorJson {
+        .map(|(index, e)| rest::ReceiptError {
             index: *index,
-            code: e.code(),
+            code: e.code().to_owned(),
             message: e.to_string(),
         })
         .collect()
-}
-
-#[derive(Debug, Serialize)]
-pub struct AckResponse {
-    pub acked: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<ReceiptErrorJson>,
 }
 
 /// Each receipt on its own (crate::settle): the valid ones are acked, the refused ones
@@ -149,32 +91,15 @@ pub async fn ack(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<AckRequest>,
-) -> Result<Json<AckResponse>, ApiError> {
+    ApiJson(req): ApiJson<rest::AckRequest>,
+) -> Result<Json<rest::AckResponse>, ApiError> {
     let outcomes = state.broker.ack_each(&topic, &group, &req.receipts).await;
     let batch = outcomes.and_then(Batch::judge)?;
     crate::metrics::record_acked(&topic, &group, batch.applied);
-    Ok(Json(AckResponse {
+    Ok(Json(rest::AckResponse {
         acked: batch.applied,
         errors: receipt_errors(&batch),
     }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NackRequest {
-    pub receipts: Vec<String>,
-    #[serde(default)]
-    pub delay_ms: u64,
-    #[serde(default)]
-    pub reason: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct NackResponse {
-    pub nacked: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<ReceiptErrorJson>,
 }
 
 /// Each receipt on its own, like ack. Each message comes back after
@@ -184,8 +109,8 @@ pub async fn nack(
     State(state): State<AppState>,
     ApiPath((topic, group)): ApiPath<(String, String)>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<NackRequest>,
-) -> Result<Json<NackResponse>, ApiError> {
+    ApiJson(req): ApiJson<rest::NackRequest>,
+) -> Result<Json<rest::NackResponse>, ApiError> {
     let outcomes = state
         .broker
         .nack_each(
@@ -198,7 +123,7 @@ pub async fn nack(
         .await;
     let batch = outcomes.and_then(Batch::judge)?;
     crate::metrics::record_nacked(&topic, &group, batch.applied);
-    Ok(Json(NackResponse {
+    Ok(Json(rest::NackResponse {
         nacked: batch.applied,
         errors: receipt_errors(&batch),
     }))

@@ -2,13 +2,12 @@
 //! (peek), and how a stored message looks in JSON (shared by fetch, peek and dead-letter
 //! answers).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use surety_broker::{Peek, PublishMessage, PublishResult, StoredMessage, limits};
+use surety_wire::rest;
 
 use super::bytes;
 use super::error::ApiError;
@@ -17,74 +16,37 @@ use super::path::ApiPath;
 use super::query::{ApiQuery, NoQuery};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishRequest {
-    pub messages: Vec<NewMessage>,
-}
-
-/// One message to publish: exactly one of `payload` / `payload_base64`; at most one of
-/// `key` / `key_base64`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewMessage {
-    pub payload: Option<String>,
-    pub payload_base64: Option<String>,
-    pub key: Option<String>,
-    pub key_base64: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub id: Option<String>,
-    pub producer_id: Option<String>,
-    pub sequence: Option<u64>,
-    pub not_before_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PublishResponse {
-    pub results: Vec<PublishResultJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PublishResultJson {
-    pub partition: u32,
-    pub offset: u64,
-    pub duplicate: bool,
-}
-
-impl From<PublishResult> for PublishResultJson {
-    fn from(r: PublishResult) -> Self {
-        Self {
-            partition: r.partition,
-            offset: r.offset,
-            duplicate: r.duplicate,
-        }
+fn publish_result_json(r: PublishResult) -> rest::PublishResult {
+    rest::PublishResult {
+        partition: r.partition,
+        offset: r.offset,
+        duplicate: r.duplicate,
     }
 }
 
-impl NewMessage {
-    fn into_publish(self, max_bytes: usize) -> Result<PublishMessage, ApiError> {
-        let payload = bytes::decode("payload", self.payload, self.payload_base64)?
-            .ok_or_else(|| ApiError::invalid_message("give payload or payload_base64"))?;
-        let m = PublishMessage {
-            key: bytes::decode("key", self.key, self.key_base64)?,
-            headers: self.headers,
-            payload,
-            id: self.id,
-            producer_id: self.producer_id,
-            sequence: self.sequence,
-            not_before: self.not_before_ms,
-        };
-        let size = m.size();
-        if size > max_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "message_too_large",
-                format!("message of {size} bytes exceeds the server limit of {max_bytes} bytes"),
-            ));
-        }
-        Ok(m)
+/// A message to publish in broker terms; exactly one of `payload` / `payload_base64`,
+/// at most one of `key` / `key_base64`, and no larger than `max_bytes`.
+fn into_publish(new: rest::NewMessage, max_bytes: usize) -> Result<PublishMessage, ApiError> {
+    let payload = bytes::decode("payload", new.payload, new.payload_base64)?
+        .ok_or_else(|| ApiError::invalid_message("give payload or payload_base64"))?;
+    let m = PublishMessage {
+        key: bytes::decode("key", new.key, new.key_base64)?,
+        headers: new.headers,
+        payload,
+        id: new.id,
+        producer_id: new.producer_id,
+        sequence: new.sequence,
+        not_before: new.not_before_ms,
+    };
+    let size = m.size();
+    if size > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("message of {size} bytes exceeds the server limit of {max_bytes} bytes"),
+        ));
     }
+    Ok(m)
 }
 
 /// Stores the batch (all or nothing: any invalid message refuses the whole batch) and
@@ -94,11 +56,11 @@ pub async fn publish(
     State(state): State<AppState>,
     ApiPath(topic): ApiPath<String>,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-    ApiJson(req): ApiJson<PublishRequest>,
-) -> Result<Json<PublishResponse>, ApiError> {
+    ApiJson(req): ApiJson<rest::PublishRequest>,
+) -> Result<Json<rest::PublishResponse>, ApiError> {
     let mut batch = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.into_iter().enumerate() {
-        let m = m.into_publish(state.max_message_bytes).map_err(|mut e| {
+        let m = into_publish(m, state.max_message_bytes).map_err(|mut e| {
             e.message = format!("messages[{i}]: {}", e.message);
             e
         })?;
@@ -108,66 +70,32 @@ pub async fn publish(
     // Broker::publish is cancel-safe: a client that disconnects cannot strand it.
     let results = state.broker.publish(&topic, batch).await?;
     crate::metrics::record_publish(&topic, &results, &sizes);
-    Ok(Json(PublishResponse {
-        results: results.into_iter().map(Into::into).collect(),
+    Ok(Json(rest::PublishResponse {
+        results: results.into_iter().map(publish_result_json).collect(),
     }))
 }
 
-/// Where a resent dead letter came from.
-#[derive(Debug, Serialize)]
-pub struct ResentFrom {
-    pub group: String,
-    pub dead_letter_id: u64,
-    pub prior_attempts: u32,
-}
-
-/// The user-visible parts of a stored message, flattened into fetch and dead-letter
-/// answers.
-#[derive(Debug, Serialize)]
-pub struct MessageJson {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_base64: Option<String>,
-    pub headers: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload_base64: Option<String>,
-    pub timestamp_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub producer_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sequence: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_before_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resent_from: Option<ResentFrom>,
-}
-
-impl From<StoredMessage> for MessageJson {
-    fn from(m: StoredMessage) -> Self {
-        let (key, key_base64) = m.key.map(bytes::encode_owned).unwrap_or_default();
-        let (payload, payload_base64) = bytes::encode_owned(m.payload);
-        Self {
-            key,
-            key_base64,
-            headers: m.headers,
-            payload,
-            payload_base64,
-            timestamp_ms: m.timestamp_ms,
-            id: m.id,
-            producer_id: m.producer_id,
-            sequence: m.sequence,
-            not_before_ms: m.not_before,
-            resent_from: m.lineage.map(|l| ResentFrom {
-                group: l.group,
-                dead_letter_id: l.dead_letter_id,
-                prior_attempts: l.prior_attempts,
-            }),
-        }
+/// The user-visible parts of a stored message, flattened into fetch, peek and
+/// dead-letter answers.
+pub fn message_json(m: StoredMessage) -> rest::Message {
+    let (key, key_base64) = m.key.map(bytes::encode_owned).unwrap_or_default();
+    let (payload, payload_base64) = bytes::encode_owned(m.payload);
+    rest::Message {
+        key,
+        key_base64,
+        headers: m.headers,
+        payload,
+        payload_base64,
+        timestamp_ms: m.timestamp_ms,
+        id: m.id,
+        producer_id: m.producer_id,
+        sequence: m.sequence,
+        not_before_ms: m.not_before,
+        resent_from: m.lineage.map(|l| rest::ResentFrom {
+            group: l.group,
+            dead_letter_id: l.dead_letter_id,
+            prior_attempts: l.prior_attempts,
+        }),
     }
 }
 
@@ -181,41 +109,21 @@ pub struct PeekQuery {
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct PeekResponse {
-    pub messages: Vec<PeekedJson>,
-    /// Pass as `offset` for the next page.
-    pub next_offset: u64,
-    pub start_offset: u64,
-    pub end_offset: u64,
-}
-
-/// A stored message as peek shows it: no receipt, no delivery count.
-#[derive(Debug, Serialize)]
-pub struct PeekedJson {
-    pub partition: u32,
-    pub offset: u64,
-    #[serde(flatten)]
-    pub message: MessageJson,
-}
-
-impl From<Peek> for PeekResponse {
-    fn from(p: Peek) -> Self {
-        let partition = p.partition;
-        Self {
-            messages: p
-                .messages
-                .into_iter()
-                .map(|m| PeekedJson {
-                    partition,
-                    offset: m.offset,
-                    message: m.into(),
-                })
-                .collect(),
-            next_offset: p.next_offset,
-            start_offset: p.start_offset,
-            end_offset: p.end_offset,
-        }
+fn peek_json(p: Peek) -> rest::PeekResponse {
+    let partition = p.partition;
+    rest::PeekResponse {
+        messages: p
+            .messages
+            .into_iter()
+            .map(|m| rest::Peeked {
+                partition,
+                offset: m.offset,
+                message: message_json(m),
+            })
+            .collect(),
+        next_offset: p.next_offset,
+        start_offset: p.start_offset,
+        end_offset: p.end_offset,
     }
 }
 
@@ -224,11 +132,11 @@ pub async fn peek(
     State(state): State<AppState>,
     ApiPath(topic): ApiPath<String>,
     ApiQuery(q): ApiQuery<PeekQuery>,
-) -> Result<Json<PeekResponse>, ApiError> {
+) -> Result<Json<rest::PeekResponse>, ApiError> {
     let limit = q.limit.unwrap_or(limits::DEFAULT_PEEK);
     let peek = state
         .broker
         .peek(&topic, q.partition.unwrap_or(0), q.offset, limit)
         .await?;
-    Ok(Json(peek.into()))
+    Ok(Json(peek_json(peek)))
 }

@@ -4,15 +4,13 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use surety_wire::rest;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::error::CliError;
 use super::http::{Client, decode};
-use super::settle::{Refused, refused, refused_line};
+use super::settle::refused_line;
 use super::{ClientArgs, Conn, output};
-
 pub const LONG_ABOUT: &str = "\
 Fetch messages for a consumer group, print them, then acknowledge them. Each group
 gets every message of the topic; within a group each message goes to one consumer.
@@ -71,20 +69,6 @@ pub struct ConsumeArgs {
     pub conn: ClientArgs,
 }
 
-/// What `consume` needs of a delivery; the rest is printed as the server sent it.
-#[derive(Debug, Deserialize)]
-struct Delivery {
-    receipt: String,
-    partition: u32,
-    offset: u64,
-    delivery_count: u32,
-}
-
-#[derive(Debug, Deserialize)]
-struct FetchResponse {
-    messages: Vec<Value>,
-}
-
 const FOLLOW_WAIT_MS: u64 = 5_000;
 
 /// `--follow` retries an unreachable server after this, doubling up to [`MAX_BACKOFF`].
@@ -128,7 +112,7 @@ impl Consumer<'_> {
                 break;
             }
             left = left.saturating_sub(batch.len() as u32);
-            let (receipts, printed) = self.print(&batch)?;
+            let (receipts, printed) = self.print(batch)?;
             if !self.args.no_ack {
                 self.ack(&receipts).await?;
             }
@@ -219,7 +203,7 @@ impl Consumer<'_> {
                 Err(e) => return Err(e),
             };
             outage.over();
-            let (receipts, printed) = self.print(&batch)?;
+            let (receipts, printed) = self.print(batch)?;
             if !self.args.no_ack {
                 unacked = receipts;
             }
@@ -248,11 +232,13 @@ impl Consumer<'_> {
         );
     }
 
-    async fn fetch(&self, max: u32, wait_ms: u64) -> Result<Vec<Value>, CliError> {
-        let mut body = json!({ "max": max, "wait_ms": wait_ms });
-        if let Some(lease) = self.args.lease_ms {
-            body["lease_ms"] = lease.into();
-        }
+    async fn fetch(&self, max: u32, wait_ms: u64) -> Result<Vec<rest::Delivery>, CliError> {
+        let body = rest::FetchRequest {
+            max: Some(max as usize),
+            wait_ms: Some(wait_ms),
+            lease_ms: self.args.lease_ms,
+            start: None,
+        };
         let answer = self
             .client
             .post(
@@ -261,23 +247,22 @@ impl Consumer<'_> {
                 Duration::from_millis(wait_ms),
             )
             .await?;
-        Ok(decode::<FetchResponse>("fetch answer", &answer)?.messages)
+        Ok(decode::<rest::FetchResponse>("fetch answer", &answer)?.messages)
     }
 
     /// Prints `batch` (all of it unless stdout fails): the receipts of what was
-    /// printed, and how printing ended. Decodes all before printing any, so a bad
-    /// answer leaves nothing printed unacked.
-    fn print(&self, batch: &[Value]) -> Result<(Vec<String>, Result<(), CliError>), CliError> {
-        let deliveries: Vec<Delivery> = batch
-            .iter()
-            .map(|m| decode("delivered message", m))
-            .collect::<Result<_, _>>()?;
+    /// printed, and how printing ended. The whole answer was decoded before any is
+    /// printed, so a bad answer leaves nothing printed unacked.
+    fn print(
+        &self,
+        batch: Vec<rest::Delivery>,
+    ) -> Result<(Vec<String>, Result<(), CliError>), CliError> {
         let mut receipts = Vec::with_capacity(batch.len());
-        for (d, m) in deliveries.into_iter().zip(batch) {
+        for d in batch {
             let printed = if self.json {
-                output::json_line(m)
+                output::json_line(&d)
             } else {
-                output::line(&human_line(&d, m))
+                output::line(&human_line(&d))
             };
             if printed.is_err() {
                 return Ok((receipts, printed));
@@ -297,11 +282,13 @@ impl Consumer<'_> {
             .client
             .post(
                 &self.group_path("ack"),
-                &json!({ "receipts": receipts }),
+                &rest::AckRequest {
+                    receipts: receipts.to_vec(),
+                },
                 Duration::ZERO,
             )
             .await?;
-        let refused: Vec<Refused> = refused(&answer)?;
+        let refused = decode::<rest::AckResponse>("ack answer", &answer)?.errors;
         for e in &refused {
             let receipt = receipts.get(e.index).map_or("?", String::as_str);
             eprintln!("{}", refused_line(e, receipt));
@@ -405,23 +392,24 @@ impl Outage {
 }
 
 /// `0:17 [delivery 1] key=k payload`
-fn human_line(d: &Delivery, m: &Value) -> String {
+fn human_line(d: &rest::Delivery) -> String {
     let mut s = format!(
         "{}:{} [delivery {}]",
         d.partition, d.offset, d.delivery_count
     );
-    if let Some(key) = output::bytes_field(m, "key") {
+    if let Some(key) = output::key(&d.message) {
         s.push_str(" key=");
         s.push_str(&key);
     }
     s.push(' ');
-    s.push_str(&output::bytes_field(m, "payload").unwrap_or_default());
+    s.push_str(&output::payload(&d.message));
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn what_follow_retries() {
@@ -464,12 +452,14 @@ mod tests {
     #[test]
     fn human_lines() {
         let m = json!({"receipt":"r","partition":1,"offset":17,"delivery_count":2,
-                       "key":"k","headers":{},"payload":"hello\nworld"});
-        let d: Delivery = decode("m", &m).unwrap();
-        assert_eq!(human_line(&d, &m), "1:17 [delivery 2] key=k hello\\nworld");
+                       "lease_until_ms":9,"key":"k","headers":{},"payload":"hello\nworld",
+                       "timestamp_ms":1});
+        let d: rest::Delivery = decode("m", &m).unwrap();
+        assert_eq!(human_line(&d), "1:17 [delivery 2] key=k hello\\nworld");
         let m = json!({"receipt":"r","partition":0,"offset":3,"delivery_count":1,
-                       "key":null,"payload_base64":"AAE="});
-        let d: Delivery = decode("m", &m).unwrap();
-        assert_eq!(human_line(&d, &m), "0:3 [delivery 1] base64:AAE=");
+                       "lease_until_ms":9,"key":null,"headers":{},"payload_base64":"AAE=",
+                       "timestamp_ms":1});
+        let d: rest::Delivery = decode("m", &m).unwrap();
+        assert_eq!(human_line(&d), "0:3 [delivery 1] base64:AAE=");
     }
 }

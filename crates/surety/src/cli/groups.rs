@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use surety_wire::rest;
 
 use super::error::CliError;
-use super::http::Client;
+use super::http::{Client, decode};
 use super::output::{self, Align, Table};
-use super::{ClientArgs, Conn, time, topics};
+use super::{ClientArgs, Conn, time};
 
 pub const LONG_ABOUT: &str = "\
 The consumer groups of a topic. A group exists once it has fetched; the server keeps
@@ -161,37 +162,18 @@ pub async fn run(args: GroupsArgs, conn: &Conn) -> Result<(), CliError> {
 }
 
 async fn list(client: &Client, topic: &str, json: bool) -> Result<(), CliError> {
-    let groups = fetch_groups(client, topic).await?;
+    let answer: rest::GroupList = client
+        .get_as("group list", &["v1", "topics", topic, "groups"])
+        .await?;
+    let groups = answer.groups;
     if json {
-        return output::json(&Value::Array(groups));
+        return output::json(&groups);
     }
     output::table(
         &list_table(&groups),
         groups.len(),
         &format!("topic {topic} has no consumer groups yet"),
     )
-}
-
-/// GET /v1/topics/{topic}/groups; from a server without that route, the groups of
-/// the topic's description (the same objects).
-async fn fetch_groups(client: &Client, topic: &str) -> Result<Vec<Value>, CliError> {
-    let answer = match client.get(&["v1", "topics", topic, "groups"]).await {
-        Ok(a) => a,
-        Err(CliError::Server { code, .. })
-            if code == "not_found" || code == "method_not_allowed" =>
-        {
-            return Ok(of(&topics::fetch(client, topic).await?).to_vec());
-        }
-        Err(CliError::Http {
-            status: 404 | 405, ..
-        }) => return Ok(of(&topics::fetch(client, topic).await?).to_vec()),
-        Err(e) => return Err(e),
-    };
-    answer
-        .get("groups")
-        .and_then(Value::as_array)
-        .cloned()
-        .ok_or_else(|| CliError::Protocol("group list without \"groups\"".into()))
 }
 
 async fn delete(client: &Client, topic: &str, group: &str, json: bool) -> Result<(), CliError> {
@@ -201,11 +183,11 @@ async fn delete(client: &Client, topic: &str, group: &str, json: bool) -> Result
     if json {
         return output::json(&answer);
     }
-    let n = |field: &str| output::number(&answer, &[&format!("/{field}")]).unwrap_or(0) as usize;
+    let d: rest::GroupDeleted = decode("group deletion answer", &answer)?;
     output::line(&format!(
         "deleted group {group} of topic {topic}: dropped {} and {}",
-        output::plural(n("unsettled_dropped"), "unsettled message"),
-        output::plural(n("dead_letters_dropped"), "dead letter"),
+        output::plural(d.unsettled_dropped as usize, "unsettled message"),
+        output::plural(d.dead_letters_dropped as usize, "dead letter"),
     ))
 }
 
@@ -226,29 +208,19 @@ async fn seek(
     if json {
         return output::json(&answer);
     }
+    let answer: rest::Seek = decode("seek answer", &answer)?;
     output::line(&seek_text(topic, group, to, &answer))
 }
 
 /// A summary line, then one row per partition.
-fn seek_text(topic: &str, group: &str, to: &Value, answer: &Value) -> String {
-    let n = |v: &Value, field: &str| output::number(v, &[&format!("/{field}")]);
+fn seek_text(topic: &str, group: &str, to: &Value, answer: &rest::Seek) -> String {
     let mut out = format!(
         "moved group {group} of topic {topic} to {}: {} skipped, {} replayed",
         target_text(to),
-        output::plural(
-            n(answer, "skipped").unwrap_or(0) as usize,
-            "unsettled message"
-        ),
-        output::plural(
-            n(answer, "replayed").unwrap_or(0) as usize,
-            "settled message"
-        ),
+        output::plural(answer.skipped as usize, "unsettled message"),
+        output::plural(answer.replayed as usize, "settled message"),
     );
-    let parts = answer
-        .get("partitions")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    if !parts.is_empty() {
+    if !answer.partitions.is_empty() {
         let mut t = Table::new(&[
             ("partition", Align::Right),
             ("from", Align::Right),
@@ -256,11 +228,11 @@ fn seek_text(topic: &str, group: &str, to: &Value, answer: &Value) -> String {
             ("skipped", Align::Right),
             ("replayed", Align::Right),
         ]);
-        for p in parts {
+        for p in &answer.partitions {
             t.row(
-                ["partition", "from", "to", "skipped", "replayed"]
+                [u64::from(p.partition), p.from, p.to, p.skipped, p.replayed]
                     .iter()
-                    .map(|f| output::cell(n(p, f)))
+                    .map(u64::to_string)
                     .collect(),
             );
         }
@@ -270,57 +242,8 @@ fn seek_text(topic: &str, group: &str, to: &Value, answer: &Value) -> String {
     out
 }
 
-/// The groups of a topic as the server describes it.
-pub fn of(topic: &Value) -> &[Value] {
-    topic
-        .get("groups")
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
-}
-
-/// A counter of a group, flat or under `stats` (the conservation counters).
-fn counter(g: &Value, name: &str) -> Option<u64> {
-    output::number(
-        g,
-        &[
-            &format!("/{name}"),
-            &format!("/stats/{name}"),
-            &format!("/counters/{name}"),
-        ],
-    )
-}
-
-/// Live dead letters: a plain count, or the live part of a dead-letter summary.
-fn dead_letters(g: &Value) -> Option<u64> {
-    output::number(
-        g,
-        &[
-            "/dead_letters",
-            "/dead_letters_live",
-            "/dead_letters/live",
-            "/dlq/live",
-        ],
-    )
-}
-
-/// accepted = acked + in_flight + pending + dead_lettered + expired_unsettled
-/// (docs/broker.md); `None` when the server did not send all the counters.
-fn conserved(g: &Value) -> Option<bool> {
-    let parts = [
-        "acked",
-        "in_flight",
-        "pending",
-        "dead_lettered",
-        "expired_unsettled",
-    ]
-    .iter()
-    .map(|n| counter(g, n))
-    .sum::<Option<u64>>()?;
-    Some(counter(g, "accepted")? == parts)
-}
-
 /// `groups list`: one row per group.
-fn list_table(groups: &[Value]) -> Table {
+fn list_table(groups: &[rest::Group]) -> Table {
     let mut t = Table::new(&[
         ("group", Align::Left),
         ("lag", Align::Right),
@@ -331,26 +254,20 @@ fn list_table(groups: &[Value]) -> Table {
     ]);
     for g in groups {
         t.row(vec![
-            name(g).to_string(),
-            output::cell(counter(g, "lag")),
-            output::cell(counter(g, "in_flight")),
-            output::cell(counter(g, "pending")),
-            output::cell(dead_letters(g)),
-            output::cell(counter(g, "redeliveries")),
+            g.name.clone(),
+            g.lag.to_string(),
+            g.in_flight.to_string(),
+            g.pending.to_string(),
+            g.dead_letters.to_string(),
+            g.redeliveries.to_string(),
         ]);
     }
     t
 }
 
-fn name(g: &Value) -> &str {
-    g.get("name")
-        .or_else(|| g.get("group"))
-        .and_then(Value::as_str)
-        .unwrap_or("?")
-}
-
-/// `topics describe`: one row per group with the conservation counters.
-pub fn table(groups: &[Value]) -> Table {
+/// `topics describe`: one row per group with the conservation counters, and whether
+/// they add up ([`rest::Group::conserved`]).
+pub fn table(groups: &[rest::Group]) -> Table {
     let mut t = Table::new(&[
         ("group", Align::Left),
         ("lag", Align::Right),
@@ -365,30 +282,21 @@ pub fn table(groups: &[Value]) -> Table {
         ("conserved", Align::Left),
     ]);
     for g in groups {
-        let mut row = vec![
-            name(g).to_string(),
-            output::cell(counter(g, "lag")),
-            output::cell(counter(g, "in_flight")),
-            output::cell(dead_letters(g)),
-        ];
+        let mut row = vec![g.name.clone()];
         for n in [
-            "accepted",
-            "acked",
-            "pending",
-            "dead_lettered",
-            "expired_unsettled",
-            "redeliveries",
+            g.lag,
+            g.in_flight,
+            g.dead_letters,
+            g.accepted,
+            g.acked,
+            g.pending,
+            g.dead_lettered,
+            g.expired_unsettled,
+            g.redeliveries,
         ] {
-            row.push(output::cell(counter(g, n)));
+            row.push(n.to_string());
         }
-        row.push(
-            match conserved(g) {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "-",
-            }
-            .into(),
-        );
+        row.push(if g.conserved() { "yes" } else { "NO" }.into());
         t.row(row);
     }
     t
@@ -400,23 +308,35 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn reads_flat_and_nested_counters() {
+    fn group_tables() {
         let groups = [
-            json!({"name":"billing","lag":2,"in_flight":1,"dead_letters":3,
-                   "stats":{"accepted":10,"acked":5,"in_flight":1,"pending":1,
-                            "dead_lettered":3,"expired_unsettled":0,"redeliveries":4}}),
-            json!({"name":"audit","lag":0}),
+            rest::Group {
+                name: "billing".into(),
+                lag: 2,
+                in_flight: 1,
+                pending: 1,
+                accepted: 10,
+                acked: 5,
+                dead_lettered: 3,
+                redeliveries: 4,
+                dead_letters: 3,
+                ..rest::Group::default()
+            },
+            rest::Group {
+                name: "audit".into(),
+                accepted: 1,
+                ..rest::Group::default()
+            },
         ];
-        assert_eq!(conserved(&groups[0]), Some(true));
-        assert_eq!(conserved(&groups[1]), None);
         let text = table(&groups).to_text();
         assert!(text.lines().nth(2).unwrap().ends_with("4  yes"), "{text}");
+        assert!(text.lines().nth(3).unwrap().ends_with("0  NO"), "{text}");
         assert_eq!(
             list_table(&groups).to_text(),
             "group    lag  in flight  pending  dead letters  redeliveries\n\
              -------  ---  ---------  -------  ------------  ------------\n\
              billing    2          1        1             3             4\n\
-             audit      0          -        -             -             -\n"
+             audit      0          0        0             0             0\n"
         );
     }
 
@@ -446,9 +366,11 @@ mod tests {
 
     #[test]
     fn seek_is_summarised_per_partition() {
-        let answer = json!({"skipped": 2, "replayed": 5, "partitions": [
+        let answer: rest::Seek = serde_json::from_value(json!({"skipped": 2, "replayed": 5,
+            "partitions": [
             {"partition": 0, "from": 7, "to": 0, "skipped": 0, "replayed": 5},
-            {"partition": 1, "from": 3, "to": 5, "skipped": 2, "replayed": 0}]});
+            {"partition": 1, "from": 3, "to": 5, "skipped": 2, "replayed": 0}]}))
+        .unwrap();
         assert_eq!(
             seek_text("t", "g", &json!("earliest"), &answer),
             "moved group g of topic t to earliest: 2 unsettled messages skipped, \

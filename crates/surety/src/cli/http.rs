@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use surety_wire::rest;
 
 use super::Conn;
 use super::error::{CliError, one_line};
@@ -43,6 +45,16 @@ impl Client {
         self.get_query(path, &[]).await
     }
 
+    /// A GET whose answer is read into its `surety_wire::rest` type (`what` names it in
+    /// a protocol error).
+    pub async fn get_as<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &[&str],
+    ) -> Result<T, CliError> {
+        decode(what, &self.get(path).await?)
+    }
+
     /// A GET with query parameters (`?limit=10&after=7`), encoded by the URL library.
     pub async fn get_query(
         &self,
@@ -61,14 +73,17 @@ impl Client {
             .map(|(_, v)| v)
     }
 
-    /// A POST whose server side may wait up to `wait` (long polling) before answering.
-    pub async fn post(
+    /// A POST of `body` (a `surety_wire::rest` request, or JSON) whose server side may
+    /// wait up to `wait` (long polling) before answering.
+    pub async fn post<B: Serialize + ?Sized>(
         &self,
         path: &[&str],
-        body: &Value,
+        body: &B,
         wait: Duration,
     ) -> Result<Value, CliError> {
-        self.send(Method::POST, path, Some(body), wait)
+        let body = serde_json::to_value(body)
+            .map_err(|e| CliError::Protocol(format!("request body: {e}")))?;
+        self.send(Method::POST, path, Some(&body), wait)
             .await
             .map(|(_, v)| v)
     }
@@ -170,17 +185,9 @@ pub fn decode<T: DeserializeOwned>(what: &str, v: &Value) -> Result<T, CliError>
 /// `{"error":{"code","message"}}` becomes `CliError::Server`; any other body is kept to
 /// its first line so that an HTML error page cannot flood the terminal.
 fn error_from_body(status: StatusCode, body: &[u8]) -> CliError {
-    let parsed: Option<(String, String)> =
-        serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-            let e = v.get("error")?;
-            let code = e.get("code")?.as_str()?.to_string();
-            let message = e
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            Some((code, message))
-        });
+    let parsed = serde_json::from_slice::<rest::ErrorBody>(body)
+        .ok()
+        .map(|b| (b.error.code, b.error.message));
     match parsed {
         Some((code, message)) => CliError::Server {
             status: status.as_u16(),

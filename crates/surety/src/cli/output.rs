@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
+use serde::Serialize;
 use serde_json::Value;
-
 pub use surety_bench::table::{Align, Table};
+use surety_wire::rest;
 
 use super::error::CliError;
 
@@ -24,13 +25,13 @@ pub fn line(text: &str) -> Result<(), CliError> {
 }
 
 /// A whole JSON document, indented (for `--json` of one-shot commands).
-pub fn json(v: &Value) -> Result<(), CliError> {
-    line(&serde_json::to_string_pretty(v).expect("a Value always serializes"))
+pub fn json<T: Serialize + ?Sized>(v: &T) -> Result<(), CliError> {
+    line(&serde_json::to_string_pretty(v).expect("an answer always serializes"))
 }
 
 /// One JSON object per line (for streams meant for `jq`).
-pub fn json_line(v: &Value) -> Result<(), CliError> {
-    line(&serde_json::to_string(v).expect("a Value always serializes"))
+pub fn json_line<T: Serialize + ?Sized>(v: &T) -> Result<(), CliError> {
+    line(&serde_json::to_string(v).expect("an answer always serializes"))
 }
 
 /// A table, or `empty` when it has no rows (a header alone tells people nothing).
@@ -119,12 +120,28 @@ impl StreamTable {
 /// characters escaped (a newline must not split a message across lines), bytes the
 /// server could only send as base64 prefixed `base64:`.
 pub fn bytes_field(msg: &Value, name: &str) -> Option<String> {
-    if let Some(s) = msg.get(name).and_then(Value::as_str) {
-        return Some(escape_controls(s));
+    let text = msg.get(name).and_then(Value::as_str);
+    let base64 = msg.get(format!("{name}_base64")).and_then(Value::as_str);
+    bytes_text(text, base64)
+}
+
+/// [`bytes_field`] of a field pair (`payload` / `payload_base64`) already read.
+pub fn bytes_text(text: Option<&str>, base64: Option<&str>) -> Option<String> {
+    match (text, base64) {
+        (Some(s), _) => Some(escape_controls(s)),
+        (None, Some(b)) => Some(format!("base64:{b}")),
+        (None, None) => None,
     }
-    msg.get(format!("{name}_base64"))
-        .and_then(Value::as_str)
-        .map(|b| format!("base64:{b}"))
+}
+
+/// A message's key, printable ([`bytes_text`]).
+pub fn key(m: &rest::Message) -> Option<String> {
+    bytes_text(m.key.as_deref(), m.key_base64.as_deref())
+}
+
+/// A message's payload, printable ([`bytes_text`]).
+pub fn payload(m: &rest::Message) -> String {
+    bytes_text(m.payload.as_deref(), m.payload_base64.as_deref()).unwrap_or_default()
 }
 
 fn escape_controls(s: &str) -> String {
@@ -183,8 +200,8 @@ pub fn offset_ranges(offsets: &[(u32, u64)]) -> String {
     out
 }
 
-/// The first of several JSON pointers that holds a number: the topic and group views
-/// read counters that a server may nest (`/stats/acked`) or not (`/acked`).
+/// The first of several JSON pointers that holds a number (for the dead-letter rows,
+/// which stay JSON: see `dlq::Page`).
 pub fn number(v: &Value, pointers: &[&str]) -> Option<u64> {
     pointers
         .iter()

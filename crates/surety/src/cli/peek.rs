@@ -1,8 +1,7 @@
 //! `surety peek`: read a partition's messages as stored, without delivering them.
 
 use clap::Args;
-use serde::Deserialize;
-use serde_json::Value;
+use surety_wire::rest;
 
 use super::error::CliError;
 use super::http::{Client, decode};
@@ -41,14 +40,6 @@ pub struct PeekArgs {
     pub conn: ClientArgs,
 }
 
-#[derive(Debug, Deserialize)]
-struct PeekResponse {
-    messages: Vec<Value>,
-    next_offset: Option<u64>,
-    start_offset: Option<u64>,
-    end_offset: Option<u64>,
-}
-
 pub async fn run(args: PeekArgs, conn: &Conn) -> Result<(), CliError> {
     let client = Client::new(conn)?;
     let mut query = vec![
@@ -61,12 +52,12 @@ pub async fn run(args: PeekArgs, conn: &Conn) -> Result<(), CliError> {
     let answer = client
         .get_query(&["v1", "topics", &args.topic, "messages"], &query)
         .await?;
-    let page: PeekResponse = decode("peek answer", &answer)?;
+    let page: rest::PeekResponse = decode("peek answer", &answer)?;
     for m in &page.messages {
         if conn.json {
             output::json_line(m)?;
         } else {
-            output::line(&human_line(args.partition, m))?;
+            output::line(&human_line(m))?;
         }
     }
     if !conn.json
@@ -78,24 +69,23 @@ pub async fn run(args: PeekArgs, conn: &Conn) -> Result<(), CliError> {
 }
 
 /// `0:17 key=k payload`, like `consume` without the delivery count.
-fn human_line(partition: u32, m: &Value) -> String {
-    let p = output::number(m, &["/partition"]).unwrap_or(u64::from(partition));
-    let mut s = format!("{p}:{}", output::cell(output::number(m, &["/offset"])));
-    if let Some(key) = output::bytes_field(m, "key") {
+fn human_line(m: &rest::Peeked) -> String {
+    let mut s = format!("{}:{}", m.partition, m.offset);
+    if let Some(key) = output::key(&m.message) {
         s.push_str(" key=");
         s.push_str(&key);
     }
     s.push(' ');
-    s.push_str(&output::bytes_field(m, "payload").unwrap_or_default());
+    s.push_str(&output::payload(&m.message));
     s
 }
 
 /// What is left to read, on stderr, so stdout holds only messages.
-fn footer(args: &PeekArgs, page: &PeekResponse) -> Option<String> {
-    let range = match (page.start_offset, page.end_offset) {
-        (Some(s), Some(e)) => format!(" (partition {} holds {s}..{e})", args.partition),
-        _ => String::new(),
-    };
+fn footer(args: &PeekArgs, page: &rest::PeekResponse) -> Option<String> {
+    let range = format!(
+        " (partition {} holds {}..{})",
+        args.partition, page.start_offset, page.end_offset
+    );
     if page.messages.is_empty() {
         let from = args
             .offset
@@ -105,8 +95,8 @@ fn footer(args: &PeekArgs, page: &PeekResponse) -> Option<String> {
             args.partition, args.topic
         ));
     }
-    let next = page.next_offset?;
-    if page.end_offset.is_some_and(|e| next >= e) {
+    let next = page.next_offset;
+    if next >= page.end_offset {
         return None;
     }
     Some(format!(
@@ -132,9 +122,10 @@ mod tests {
 
     #[test]
     fn lines_and_footer() {
-        let m = json!({"partition":1,"offset":4,"key":"k","payload":"a\nb"});
-        assert_eq!(human_line(1, &m), "1:4 key=k a\\nb");
-        let page: PeekResponse = decode(
+        let m = json!({"partition":1,"offset":4,"key":"k","payload":"a\nb","headers":{},
+                       "timestamp_ms":1});
+        assert_eq!(human_line(&decode("m", &m).unwrap()), "1:4 key=k a\\nb");
+        let page: rest::PeekResponse = decode(
             "p",
             &json!({"messages":[m],"next_offset":5,"start_offset":0,"end_offset":9}),
         )
@@ -143,13 +134,14 @@ mod tests {
             footer(&args(None), &page).unwrap(),
             "more: surety peek t --partition 1 --offset 5 (partition 1 holds 0..9)"
         );
-        let last: PeekResponse = decode(
+        let last: rest::PeekResponse = decode(
             "p",
-            &json!({"messages":[{"offset":8}],"next_offset":9,"start_offset":0,"end_offset":9}),
+            &json!({"messages":[{"partition":1,"offset":8,"payload":"x","headers":{},
+                    "timestamp_ms":1}],"next_offset":9,"start_offset":0,"end_offset":9}),
         )
         .unwrap();
         assert_eq!(footer(&args(None), &last), None);
-        let empty: PeekResponse = decode(
+        let empty: rest::PeekResponse = decode(
             "p",
             &json!({"messages":[],"next_offset":9,"start_offset":0,"end_offset":9}),
         )

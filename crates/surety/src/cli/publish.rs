@@ -9,8 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use surety_wire::rest;
 
 use super::error::CliError;
 use super::http::{Client, decode};
@@ -91,20 +90,6 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The server's answer for one message.
-#[derive(Debug, Deserialize)]
-struct Stored {
-    partition: u32,
-    offset: u64,
-    #[serde(default)]
-    duplicate: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct PublishResponse {
-    results: Vec<Value>,
-}
-
 /// Everything of a message except its payload, shared by every message of one command.
 #[derive(Debug)]
 struct Envelope {
@@ -138,39 +123,44 @@ impl Envelope {
         })
     }
 
-    /// The JSON of the `index`-th message of this command (its sequence is offset by
-    /// it), sent at `now_ms`.
-    fn message(&self, payload: Vec<u8>, index: u64, now_ms: u64) -> Result<Value, CliError> {
-        let mut m = Map::new();
-        match String::from_utf8(payload) {
-            Ok(text) => m.insert("payload".into(), text.into()),
-            Err(e) => m.insert(
-                "payload_base64".into(),
-                base64::engine::general_purpose::STANDARD
-                    .encode(e.as_bytes())
-                    .into(),
+    /// The `index`-th message of this command (its sequence is offset by it), sent at
+    /// `now_ms`.
+    fn message(
+        &self,
+        payload: Vec<u8>,
+        index: u64,
+        now_ms: u64,
+    ) -> Result<rest::NewMessage, CliError> {
+        let (payload, payload_base64) = match String::from_utf8(payload) {
+            Ok(text) => (Some(text), None),
+            Err(e) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
             ),
         };
-        if let Some(k) = &self.key {
-            m.insert("key".into(), k.clone().into());
-        }
-        if !self.headers.is_empty() {
-            m.insert("headers".into(), json!(self.headers));
-        }
-        if let Some(id) = &self.id {
-            m.insert("id".into(), id.clone().into());
-        }
-        if let Some((producer, first)) = &self.producer {
-            let seq = first.checked_add(index).ok_or_else(|| {
-                CliError::Usage("--sequence overflows for this many messages".into())
-            })?;
-            m.insert("producer_id".into(), producer.clone().into());
-            m.insert("sequence".into(), seq.into());
-        }
-        if let Some(delay) = self.delay_ms.filter(|&d| d > 0) {
-            m.insert("not_before_ms".into(), now_ms.saturating_add(delay).into());
-        }
-        Ok(Value::Object(m))
+        let (producer_id, sequence) = match &self.producer {
+            Some((producer, first)) => {
+                let seq = first.checked_add(index).ok_or_else(|| {
+                    CliError::Usage("--sequence overflows for this many messages".into())
+                })?;
+                (Some(producer.clone()), Some(seq))
+            }
+            None => (None, None),
+        };
+        Ok(rest::NewMessage {
+            payload,
+            payload_base64,
+            key: self.key.clone(),
+            key_base64: None,
+            headers: self.headers.clone(),
+            id: self.id.clone(),
+            producer_id,
+            sequence,
+            not_before_ms: self
+                .delay_ms
+                .filter(|&d| d > 0)
+                .map(|d| now_ms.saturating_add(d)),
+        })
     }
 }
 
@@ -200,15 +190,17 @@ pub async fn run(args: PublishArgs, conn: &Conn) -> Result<(), CliError> {
             eprintln!(
                 "note: {} before the error were stored ({}); the rest were not",
                 output::plural(publisher.results.len(), "message"),
-                publisher.summary()?.1
+                publisher.summary().1
             );
         }
         return Err(e);
     }
     if conn.json {
-        output::json(&json!({ "results": publisher.results }))
+        output::json(&rest::PublishResponse {
+            results: publisher.results,
+        })
     } else {
-        let (count, ranges, dups) = publisher.summary()?;
+        let (count, ranges, dups) = publisher.summary();
         let mut text = format!(
             "published {} to {} ({ranges})",
             output::plural(count, "message"),
@@ -232,7 +224,7 @@ struct Publisher<'a> {
     topic: &'a str,
     envelope: &'a Envelope,
     /// The server's results, in input order.
-    results: Vec<Value>,
+    results: Vec<rest::PublishResult>,
 }
 
 impl Publisher<'_> {
@@ -250,11 +242,11 @@ impl Publisher<'_> {
             .client
             .post(
                 &["v1", "topics", self.topic, "messages"],
-                &json!({ "messages": messages }),
+                &rest::PublishRequest { messages },
                 Duration::ZERO,
             )
             .await?;
-        let resp: PublishResponse = decode("publish answer", &answer)?;
+        let resp: rest::PublishResponse = decode("publish answer", &answer)?;
         if resp.results.len() != sent {
             return Err(CliError::Protocol(format!(
                 "sent {sent} messages, got {} results",
@@ -312,15 +304,11 @@ impl Publisher<'_> {
     }
 
     /// (messages, their partition:offset ranges, how many were duplicates)
-    fn summary(&self) -> Result<(usize, String, usize), CliError> {
-        let stored: Vec<Stored> = self
-            .results
-            .iter()
-            .map(|r| decode("publish result", r))
-            .collect::<Result<_, _>>()?;
+    fn summary(&self) -> (usize, String, usize) {
+        let stored = &self.results;
         let offsets: Vec<(u32, u64)> = stored.iter().map(|s| (s.partition, s.offset)).collect();
         let dups = stored.iter().filter(|s| s.duplicate).count();
-        Ok((stored.len(), output::offset_ranges(&offsets), dups))
+        (stored.len(), output::offset_ranges(&offsets), dups)
     }
 }
 
@@ -365,6 +353,7 @@ fn progress_bar() -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn headers_parse_or_explain() {
@@ -384,7 +373,7 @@ mod tests {
             delay_ms: None,
         };
         assert_eq!(
-            e.message(b"hi".to_vec(), 1, 7).unwrap(),
+            serde_json::to_value(e.message(b"hi".to_vec(), 1, 7).unwrap()).unwrap(),
             json!({"payload":"hi","key":"k","headers":{"h":"v"},"producer_id":"p","sequence":42})
         );
         let bare = Envelope {
@@ -395,7 +384,7 @@ mod tests {
             delay_ms: Some(1500),
         };
         assert_eq!(
-            bare.message(vec![0xff, 0], 0, 1_000_000).unwrap(),
+            serde_json::to_value(bare.message(vec![0xff, 0], 0, 1_000_000).unwrap()).unwrap(),
             json!({"payload_base64":"/wA=","id":"x","not_before_ms":1_001_500})
         );
         let full = Envelope {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use surety_wire::rest;
 
 use super::error::CliError;
 use super::http::{Client, decode};
@@ -81,20 +81,15 @@ struct Receipts {
 /// The longest nack reason the server keeps.
 const MAX_REASON_BYTES: usize = 4096;
 
-/// One refused receipt of a batch (docs: "each receipt stands on its own").
-#[derive(Debug, Deserialize)]
-pub struct Refused {
-    pub index: usize,
-    pub code: String,
-    #[serde(default)]
-    pub message: String,
-}
-
-/// `{"acked": n, "errors": [...]}` or `{"nacked": n, ...}`.
-pub fn refused(answer: &Value) -> Result<Vec<Refused>, CliError> {
-    match answer.get("errors") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(v) => decode("errors of the answer", v),
+/// How many receipts an ack (`done` = `"acked"`) or nack answer settled, and the ones
+/// it refused, each on its own (docs: "each receipt stands on its own").
+fn settled(answer: &Value, done: &str) -> Result<(usize, Vec<rest::ReceiptError>), CliError> {
+    if done == "acked" {
+        let a: rest::AckResponse = decode("ack answer", answer)?;
+        Ok((a.acked, a.errors))
+    } else {
+        let n: rest::NackResponse = decode("nack answer", answer)?;
+        Ok((n.nacked, n.errors))
     }
 }
 
@@ -104,7 +99,9 @@ pub async fn ack(args: AckArgs, conn: &Conn) -> Result<(), CliError> {
     let answer = client
         .post(
             &path(r, "ack"),
-            &json!({ "receipts": r.receipts }),
+            &rest::AckRequest {
+                receipts: r.receipts.clone(),
+            },
             Duration::ZERO,
         )
         .await?;
@@ -134,7 +131,11 @@ pub async fn nack(args: NackArgs, conn: &Conn) -> Result<(), CliError> {
     let answer = client
         .post(
             &path(r, "nack"),
-            &json!({ "receipts": r.receipts, "delay_ms": delay_ms, "reason": reason }),
+            &rest::NackRequest {
+                receipts: r.receipts.clone(),
+                delay_ms,
+                reason,
+            },
             Duration::ZERO,
         )
         .await?;
@@ -162,11 +163,7 @@ fn report(
     tail: &str,
     json: bool,
 ) -> Result<(), CliError> {
-    let n = answer
-        .get(done)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| CliError::Protocol(format!("answer without \"{done}\"")))?;
-    let refused = refused(answer)?;
+    let (n, refused) = settled(answer, done)?;
     if json {
         output::json(answer)?;
     } else {
@@ -198,7 +195,7 @@ fn report(
 }
 
 /// `refused receipt 2 (abcd…): lease expired (lease_expired)`
-pub fn refused_line(e: &Refused, receipt: &str) -> String {
+pub fn refused_line(e: &rest::ReceiptError, receipt: &str) -> String {
     let message = if e.message.is_empty() {
         e.code.clone()
     } else {
@@ -214,18 +211,20 @@ pub fn refused_line(e: &Refused, receipt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn refused_receipts_are_read_and_named() {
-        assert!(refused(&json!({"acked": 2})).unwrap().is_empty());
-        let answer = json!({"acked": 1, "errors": [
+        assert_eq!(settled(&json!({"acked": 2}), "acked").unwrap(), (2, vec![]));
+        let answer = json!({"nacked": 1, "errors": [
             {"index": 1, "code": "receipt_invalid", "message": "receipt is malformed"}]});
-        let r = refused(&answer).unwrap();
-        assert_eq!(r.len(), 1);
+        let (n, r) = settled(&answer, "nacked").unwrap();
+        assert_eq!((n, r.len()), (1, 1));
         assert_eq!(
             refused_line(&r[0], "not-a-receipt"),
             "refused receipt 1 (not-a-receipt): receipt is malformed (receipt_invalid)"
         );
-        assert!(refused(&json!({"acked": 1, "errors": 3})).is_err());
+        assert!(settled(&json!({"acked": 1, "errors": 3}), "acked").is_err());
+        assert!(settled(&json!({"acked": 1}), "nacked").is_err());
     }
 }

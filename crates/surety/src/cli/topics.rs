@@ -3,9 +3,10 @@
 use clap::{Args, Subcommand};
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
+use surety_wire::rest;
 
 use super::error::CliError;
-use super::http::Client;
+use super::http::{Client, decode};
 use super::output::{self, Align, Table};
 use super::{ClientArgs, Conn, groups};
 
@@ -148,13 +149,13 @@ async fn delete(client: &Client, name: &str, force: bool, json: bool) -> Result<
     if json {
         return output::json(&answer);
     }
-    let n = |field: &str| output::number(&answer, &[&format!("/{field}")]).unwrap_or(0) as usize;
+    let d: rest::TopicDeleted = decode("topic deletion answer", &answer)?;
     output::line(&format!(
         "deleted topic {name}: dropped {}, {}, {} and {}",
-        output::plural(n("messages_dropped"), "message"),
-        output::plural(n("groups_dropped"), "group"),
-        output::plural(n("unsettled_dropped"), "unsettled message"),
-        output::plural(n("dead_letters_dropped"), "dead letter"),
+        output::plural(d.messages_dropped as usize, "message"),
+        output::plural(d.groups_dropped as usize, "group"),
+        output::plural(d.unsettled_dropped as usize, "unsettled message"),
+        output::plural(d.dead_letters_dropped as usize, "dead letter"),
     ))
 }
 
@@ -164,25 +165,26 @@ fn is_code(e: &CliError, want: &str) -> bool {
 
 /// `12 messages, 2 groups, 3 unsettled messages and 1 dead letter`, from a topic's
 /// description: retained messages, groups, their lag and their dead letters.
-fn would_drop(topic: &Value) -> String {
-    let gs = groups::of(topic);
-    let sum = |pointers: &[&str]| -> usize {
-        gs.iter()
-            .filter_map(|g| output::number(g, pointers))
-            .sum::<u64>() as usize
-    };
+fn would_drop(topic: &rest::Topic) -> String {
+    let gs = &topic.groups;
     format!(
         "{}, {}, {} and {}",
-        output::plural(retained(topic).unwrap_or(0) as usize, "message"),
+        output::plural(retained(topic) as usize, "message"),
         output::plural(gs.len(), "group"),
-        output::plural(sum(&["/lag"]), "unsettled message"),
-        output::plural(sum(&["/dead_letters", "/dead_letters/live"]), "dead letter"),
+        output::plural(
+            gs.iter().map(|g| g.lag).sum::<u64>() as usize,
+            "unsettled message"
+        ),
+        output::plural(
+            gs.iter().map(|g| g.dead_letters).sum::<u64>() as usize,
+            "dead letter"
+        ),
     )
 }
 
-/// GET /v1/topics/{topic}, shared with `surety groups`.
-pub async fn fetch(client: &Client, topic: &str) -> Result<Value, CliError> {
-    client.get(&["v1", "topics", topic]).await
+/// GET /v1/topics/{topic}.
+async fn fetch(client: &Client, topic: &str) -> Result<rest::Topic, CliError> {
+    client.get_as("topic", &["v1", "topics", topic]).await
 }
 
 async fn create(client: &Client, c: CreateArgs, json: bool) -> Result<(), CliError> {
@@ -209,29 +211,22 @@ async fn create(client: &Client, c: CreateArgs, json: bool) -> Result<(), CliErr
         (false, true) => "updated topic",
         (false, false) => "topic already exists:",
     };
-    let config = config_of(&answer);
+    let topic: rest::Topic = decode("topic", &answer)?;
+    let setting = |name: &str| topic.config.get(name).and_then(Value::as_u64);
     output::line(&format!(
         "{verb} {} ({}, max deliveries {}, ack wait {} ms)",
         c.name,
-        output::plural(
-            output::number(config, &["/partitions"]).unwrap_or(1) as usize,
-            "partition"
-        ),
-        output::cell(output::number(config, &["/max_deliveries"])),
-        output::cell(output::number(config, &["/ack_wait_ms"])),
+        output::plural(topic.partitions, "partition"),
+        output::cell(setting("max_deliveries")),
+        output::cell(setting("ack_wait_ms")),
     ))
 }
 
 async fn list(client: &Client, json: bool) -> Result<(), CliError> {
-    let answer = client.get(&["v1", "topics"]).await?;
-    // `{"topics":[...]}` or a bare array.
-    let topics = answer
-        .get("topics")
-        .unwrap_or(&answer)
-        .as_array()
-        .ok_or_else(|| CliError::Protocol("GET /v1/topics is not a list of topics".into()))?;
+    let answer: rest::TopicList = client.get_as("topic list", &["v1", "topics"]).await?;
+    let topics = answer.topics;
     if json {
-        return output::json(&Value::Array(topics.clone()));
+        return output::json(&topics);
     }
     let mut t = Table::new(&[
         ("topic", Align::Left),
@@ -241,26 +236,15 @@ async fn list(client: &Client, json: bool) -> Result<(), CliError> {
         ("lag", Align::Right),
         ("dead letters", Align::Right),
     ]);
-    for topic in topics {
-        let gs = groups::of(topic);
-        let sum = |pointers: &[&str]| -> Option<u64> {
-            gs.iter().map(|g| output::number(g, pointers)).sum()
-        };
+    for topic in &topics {
+        let gs = &topic.groups;
         t.row(vec![
-            topic
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .into(),
-            output::cell(partitions(topic)),
-            output::cell(retained(topic)),
+            topic.name.clone(),
+            topic.partitions.to_string(),
+            retained(topic).to_string(),
             gs.len().to_string(),
-            output::cell(sum(&["/lag"])),
-            output::cell(sum(&[
-                "/dead_letters",
-                "/dead_letters_live",
-                "/dead_letters/live",
-            ])),
+            gs.iter().map(|g| g.lag).sum::<u64>().to_string(),
+            gs.iter().map(|g| g.dead_letters).sum::<u64>().to_string(),
         ]);
     }
     output::table(
@@ -277,24 +261,20 @@ async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliErro
     }
     let mut out = format!("topic {name}\n");
     let mut settings = Vec::new();
-    flatten("", config_of(&topic), &mut settings);
+    flatten("", &topic.config, &mut settings);
     let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &settings {
         out.push_str(&format!("  {k:<width$}  {v}\n"));
     }
-    let (starts, ends) = (
-        offsets(&topic, "start_offsets"),
-        offsets(&topic, "end_offsets"),
-    );
-    if !ends.is_empty() {
+    if !topic.end_offsets.is_empty() {
         let mut t = Table::new(&[
             ("partition", Align::Right),
             ("start", Align::Right),
             ("end", Align::Right),
             ("messages", Align::Right),
         ]);
-        for (p, end) in ends.iter().enumerate() {
-            let start = starts.get(p).copied().unwrap_or(0);
+        for (p, end) in topic.end_offsets.iter().enumerate() {
+            let start = topic.start_offsets.get(p).copied().unwrap_or(0);
             t.row(vec![
                 p.to_string(),
                 start.to_string(),
@@ -305,62 +285,29 @@ async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliErro
         out.push('\n');
         out.push_str(&t.to_text());
     }
-    let gs = groups::of(&topic);
     out.push('\n');
-    if gs.is_empty() {
+    if topic.groups.is_empty() {
         out.push_str("no consumer groups yet\n");
     } else {
-        out.push_str(&groups::table(gs).to_text());
+        out.push_str(&groups::table(&topic.groups).to_text());
     }
     output::line(out.trim_end())
 }
 
-/// The settings of a topic answer: under `config`, or the answer itself.
-fn config_of(topic: &Value) -> &Value {
-    topic.get("config").unwrap_or(topic)
-}
-
-fn partitions(topic: &Value) -> Option<u64> {
-    output::number(topic, &["/config/partitions", "/partitions"])
-        .or_else(|| topic.get("end_offsets")?.as_array().map(|a| a.len() as u64))
-}
-
-fn offsets(topic: &Value, field: &str) -> Vec<u64> {
-    topic
-        .get(field)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default()
-}
-
 /// Messages still retained: the sum over partitions of end - start.
-fn retained(topic: &Value) -> Option<u64> {
-    let ends = offsets(topic, "end_offsets");
-    if ends.is_empty() {
-        return None;
-    }
-    let starts = offsets(topic, "start_offsets");
-    Some(
-        ends.iter()
-            .enumerate()
-            .map(|(p, e)| e.saturating_sub(starts.get(p).copied().unwrap_or(0)))
-            .sum(),
-    )
+fn retained(topic: &rest::Topic) -> u64 {
+    topic
+        .end_offsets
+        .iter()
+        .enumerate()
+        .map(|(p, e)| e.saturating_sub(topic.start_offsets.get(p).copied().unwrap_or(0)))
+        .sum()
 }
 
-/// Settings as `a.b  value` lines, nested objects dotted; groups and offsets are shown
-/// in their own tables, and the name in the title.
+/// A topic's `config` as `a.b  value` lines, nested objects dotted.
 fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     let Some(map) = v.as_object() else { return };
     for (k, v) in map {
-        if prefix.is_empty()
-            && matches!(
-                k.as_str(),
-                "name" | "groups" | "start_offsets" | "end_offsets"
-            )
-        {
-            continue;
-        }
         let key = if prefix.is_empty() {
             k.clone()
         } else {
@@ -389,8 +336,25 @@ mod tests {
 
     #[test]
     fn busy_topic_says_what_force_drops() {
-        let topic = json!({"name":"t","start_offsets":[0,2],"end_offsets":[10,4],
-            "groups":[{"name":"a","lag":3,"dead_letters":1},{"name":"b","lag":0,"dead_letters":0}]});
+        let topic = rest::Topic {
+            name: "t".into(),
+            config: json!({}),
+            partitions: 2,
+            start_offsets: vec![0, 2],
+            end_offsets: vec![10, 4],
+            groups: vec![
+                rest::Group {
+                    name: "a".into(),
+                    lag: 3,
+                    dead_letters: 1,
+                    ..rest::Group::default()
+                },
+                rest::Group {
+                    name: "b".into(),
+                    ..rest::Group::default()
+                },
+            ],
+        };
         assert_eq!(
             would_drop(&topic),
             "12 messages, 2 groups, 3 unsettled messages and 1 dead letter"
@@ -416,10 +380,12 @@ mod tests {
 
     #[test]
     fn settings_flatten_and_offsets_sum() {
-        let topic = json!({"name":"t","config":{"partitions":2,"retention":{"max_age_ms":5},
-                           "durability":"fsync"},"start_offsets":[1,0],"end_offsets":[4,2]});
+        let topic: rest::Topic = serde_json::from_value(json!({"name":"t","config":{
+            "partitions":2,"retention":{"max_age_ms":5},"durability":"fsync"},
+            "partitions":2,"start_offsets":[1,0],"end_offsets":[4,2],"groups":[]}))
+        .unwrap();
         let mut s = Vec::new();
-        flatten("", config_of(&topic), &mut s);
+        flatten("", &topic.config, &mut s);
         assert_eq!(
             s,
             [
@@ -428,7 +394,6 @@ mod tests {
                 ("retention.max_age_ms".into(), "5".into()),
             ]
         );
-        assert_eq!(retained(&topic), Some(5));
-        assert_eq!(partitions(&topic), Some(2));
+        assert_eq!(retained(&topic), 5);
     }
 }
