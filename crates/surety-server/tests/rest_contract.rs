@@ -851,3 +851,44 @@ async fn dead_letters_come_in_pages_with_a_next_cursor() {
     );
     s.stop().await;
 }
+
+/// A dead letter of a message that has an `id` of its own: the dead letter's `id` (what
+/// resend, purge and GET take) and the message's (`message_id`) are two keys, never one
+/// key twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letters_id_and_its_messages_id_are_two_keys() {
+    let s = TestServer::start().await;
+    s.topic("t", json!({"max_deliveries": 1})).await;
+    let (status, _) = s
+        .post(
+            "/v1/topics/t/messages",
+            json!({"messages": [{"payload": "p", "id": "order-42"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = s.fetch("t", "g", json!({"max": 1})).await;
+    s.post(
+        "/v1/topics/t/groups/g/nack",
+        json!({"receipts": [got[0]["receipt"]], "reason": "bad"}),
+    )
+    .await;
+    let raw = s
+        .request(Method::GET, "/v1/topics/t/groups/g/dead-letters")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(raw.matches("\"id\":").count(), 1, "{raw}");
+    let page: Value = serde_json::from_str(&raw).unwrap();
+    let d = &page["dead_letters"][0];
+    assert_eq!(
+        (d["id"].clone(), d["message_id"].clone()),
+        (json!(0), json!("order-42"))
+    );
+    let (status, one) = s.get("/v1/topics/t/groups/g/dead-letters/0").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["message_id"], "order-42");
+    s.stop().await;
+}

@@ -331,11 +331,8 @@ pub struct Peeked {
     pub message: Message,
 }
 
-/// A dead letter (`GET .../dead-letters/{id}`, and each entry of [`DeadLetterPage`]).
-///
-/// Known flaw, kept as the server writes it today: the dead letter's `id` and its
-/// flattened message's `id` (when the message has one) are the same JSON key, so such an
-/// answer holds `"id"` twice.
+/// A dead letter (`GET .../dead-letters/{id}`, and each entry of [`DeadLetterPage`]):
+/// its own fields, the message's `id` as `message_id`, and the message's other fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub id: u64,
@@ -346,6 +343,12 @@ pub struct DeadLetter {
     pub first_delivered_at_ms: Option<u64>,
     pub last_delivered_at_ms: Option<u64>,
     pub dead_lettered_at_ms: u64,
+    /// The message's own `id`, if it has one. Named apart from the dead letter's `id`
+    /// (which `resend`, `purge` and `GET .../dead-letters/{id}` take): in one object the
+    /// two would be one key twice, and a JSON reader keeps only the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// The message; its `id` is always absent here (see `message_id`).
     #[serde(flatten)]
     pub message: Message,
 }

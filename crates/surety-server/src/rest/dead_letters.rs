@@ -18,7 +18,9 @@ use crate::state::AppState;
 
 /// A dead letter as REST shows it.
 fn dead_letter_json(d: DeadLetter) -> rest::DeadLetter {
+    let mut message = message_json(d.message);
     rest::DeadLetter {
+        message_id: message.id.take(),
         id: d.id,
         partition: d.partition,
         offset: d.offset,
@@ -27,7 +29,7 @@ fn dead_letter_json(d: DeadLetter) -> rest::DeadLetter {
         first_delivered_at_ms: d.first_delivered_at,
         last_delivered_at_ms: d.last_delivered_at,
         dead_lettered_at_ms: d.dead_lettered_at,
-        message: message_json(d.message),
+        message,
     }
 }
 
