@@ -252,7 +252,13 @@ async fn two_relays_no_duplicates_per_key_order(db: &Database, rows_per_key: usi
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(50 + rand::random::<u64>() % 300)).await;
+    // Dropped mid-flight, after it published something (a loaded machine may take a
+    // while to get there; a fixed sleep alone sometimes ended before its first batch).
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while first.counters.snapshot().published == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 300)).await;
     first.task.abort();
     let first_published = first.counters.snapshot().published;
     for w in writers {
