@@ -24,6 +24,9 @@ pub const MAX_FETCH: usize = 1000;
 pub const MAX_WAIT_MS: u64 = 30_000;
 /// Longest nack reason kept; it is stored with every release and dead letter.
 pub const MAX_REASON_BYTES: usize = 4096;
+/// Largest window of unsettled deliveries one consume stream may hold (gRPC `credits`):
+/// more would only pin leases nobody works on.
+pub const MAX_CREDITS: usize = 10_000;
 /// Most messages one publish call may carry.
 pub const MAX_PUBLISH_BATCH: usize = 10_000;
 /// Most dead letters one page may hold, and the default.

@@ -30,9 +30,9 @@ const FETCH_BATCH_TARGET: usize = 32;
 const FETCH_LINGER: Duration = Duration::from_millis(2);
 /// Long-poll time of one fetch; bounds how long a drain waits for the fetcher.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
-/// Largest window one stream may hold; more would only pin leases nobody works on. A
-/// Subscribe or Credit asking for more is refused, never silently capped.
-const MAX_WINDOW: usize = 10_000;
+/// Largest window one stream may hold (`limits::MAX_CREDITS`). A Subscribe or Credit
+/// asking for more is refused, never silently capped.
+const MAX_WINDOW: usize = limits::MAX_CREDITS;
 /// Acks and nacks of one stream applied at the same time (they share group commits).
 const MAX_CONCURRENT_SETTLES: usize = 64;
 /// A fetch's deliveries are split into responses of about this many bytes.

@@ -71,7 +71,7 @@ pub struct PublishArgs {
     #[arg(long, value_name = "DURATION", value_parser = time::parse_duration)]
     delay: Option<Duration>,
     /// Messages per request when reading stdin
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=surety_broker::limits::MAX_PUBLISH_BATCH as i64))]
     batch: u32,
     /// Last, so that its help heading does not swallow the options above.
     #[command(flatten)]

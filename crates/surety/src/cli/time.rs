@@ -3,9 +3,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The longest delay or lease the server accepts (12 h), in ms: the bound of a nack's
-/// `delay_ms` and of a message's `not_before_ms` ahead of now (`surety_broker::limits`).
-pub const MAX_DELAY_MS: u64 = 43_200_000;
+/// The longest delay the server accepts (12 h), in ms: the bound of a nack's `delay_ms`,
+/// and of a message's `not_before_ms` ahead of now (the same in `surety_broker::limits`).
+pub const MAX_DELAY_MS: u64 = surety_broker::limits::MAX_NACK_DELAY_MS;
+const _: () = assert!(MAX_DELAY_MS == surety_broker::limits::MAX_NOT_BEFORE_AHEAD_MS);
 
 /// `1500ms`, `30s`, `5m`, `2h`, `1d`, or a sum of them without spaces: `1m30s`. A bare
 /// number has no unit and is refused (is `5` seconds or ms?).
