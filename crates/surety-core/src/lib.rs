@@ -1,16 +1,46 @@
-//! `surety-core`: the transport-neutral part of Surety's reliability layer — what the
-//! gRPC client, the outbox relay and inbox, and (next) the backends on Kafka, NATS
-//! JetStream, RabbitMQ and Redis Streams share. It depends on no transport or database
-//! crate. The transport seam it is growing into is designed in docs/seam.md.
+//! `surety-core`: Surety's reliability layer, transport-neutral. The Surety gRPC client,
+//! the in-process broker, the outbox relay and inbox, and the backends on Kafka, NATS
+//! JetStream, RabbitMQ and Redis Streams all build on it; it depends on no transport or
+//! database crate. The design is in docs/seam.md; docs/design.md ("The transport seam")
+//! says what each capability means per transport.
 //!
+//! - [`message`]: [`Message`] → [`StampedMessage`] / [`Batch`] → [`Published`]; [`Delivery`]
+//!   with its opaque [`Receipt`].
+//! - [`transport`]: the seam — [`Publisher`], [`Subscriber`] / [`Session`], [`Admin`],
+//!   [`Transport`].
+//! - [`capabilities`]: what a transport declares, and so what the layer must fill in.
+//! - [`error`]: [`TransportError`], which says whether a retry may help ([`Outcome`]).
+//! - [`producer`], [`consumer`]: the drivers — stamping, retries, pipelining,
+//!   ack-after-handler, linger, panic → nack, stop, reconnect, gap detection.
 //! - [`retry`]: [`RetryPolicy`], exponential backoff with jitter under a deadline.
 //! - [`gap`]: [`GapDetector`], end-to-end loss detection over producer sequences (G4).
 //! - [`message_id`]: [`MessageId`], the inbox's stable identity of a message.
 
+pub mod capabilities;
+pub mod consumer;
+pub mod error;
 pub mod gap;
+pub mod message;
 pub mod message_id;
+pub mod producer;
 pub mod retry;
+pub mod transport;
 
+pub use capabilities::{
+    Capabilities, Confirm, DeadLetterCap, DeadLetterStore, DeadLetters, DedupeWindow,
+    DeliveryCount, LeaseKind, Mechanism, NackDelay, Ordering, PublishDedupe, SettleAnswers,
+};
+pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ConsumerStats, StopHandle};
+pub use error::{ErrorKind, Outcome, TransportError};
 pub use gap::{GapDetector, GapStats, Observation};
+pub use message::{
+    Batch, Delivery, Headers, Message, Position, Published, Receipt, StampedMessage,
+};
 pub use message_id::MessageId;
+pub use producer::{Producer, ProducerBuilder, PublishError};
 pub use retry::RetryPolicy;
+pub use transport::{
+    Admin, BoxFuture, Capable, DeadLetter, DeadLetterPage, GroupInfo, PublishAnswers, Publisher,
+    RequestId, Selection, Session, SessionEvent, Settle, SettleOutcome, Subscriber, Subscription,
+    TopicInfo, TopicSpec, Transport,
+};
