@@ -101,6 +101,32 @@ impl TransportError {
     }
 }
 
+impl ErrorKind {
+    /// The kind a Surety broker's stable code (docs/errors.md) names; the same codes reach
+    /// the gRPC client and the in-process transport. `None` for a code that is not a
+    /// refusal of the caller's input (`internal`, an unknown code).
+    pub fn of_surety_code(code: &str) -> Option<ErrorKind> {
+        Some(match code {
+            "topic_not_found" => ErrorKind::TopicNotFound,
+            "group_not_found" => ErrorKind::GroupNotFound,
+            "invalid_name" => ErrorKind::InvalidName,
+            "message_too_large" | "payload_too_large" => ErrorKind::TooLarge,
+            "invalid_message" | "invalid_request" | "invalid_config" | "invalid_json" => {
+                ErrorKind::InvalidInput
+            }
+            "unauthorized" => ErrorKind::Unauthorized,
+            "sequence_too_old" => ErrorKind::SequenceTooOld,
+            "lease_expired" => ErrorKind::LeaseExpired,
+            "receipt_stale" | "not_delivered" => ErrorKind::Stale,
+            "receipt_invalid" => ErrorKind::UnknownReceipt,
+            "storage_failure" | "topic_failed" => ErrorKind::Storage,
+            "topic_busy" => ErrorKind::Overloaded,
+            "shutting_down" => ErrorKind::ShuttingDown,
+            _ => return None,
+        })
+    }
+}
+
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.code {
@@ -121,6 +147,19 @@ mod tests {
         assert!(TransportError::unavailable("down").retryable());
         assert!(TransportError::timed_out("publish").retryable());
         assert!(!TransportError::refused(ErrorKind::TopicNotFound, "x").retryable());
+    }
+
+    #[test]
+    fn surety_codes_name_their_kind() {
+        assert_eq!(
+            ErrorKind::of_surety_code("topic_not_found"),
+            Some(ErrorKind::TopicNotFound)
+        );
+        assert_eq!(
+            ErrorKind::of_surety_code("message_too_large"),
+            Some(ErrorKind::TooLarge)
+        );
+        assert_eq!(ErrorKind::of_surety_code("internal"), None);
     }
 
     #[test]
