@@ -79,6 +79,8 @@ pub enum KillMode {
 pub struct ChildRelay {
     /// The outbox database.
     pub database_url: String,
+    /// Rows per claim (`--batch-size`).
+    pub batch_size: usize,
     /// Where the child's stderr goes (shown when the scenario fails).
     pub log: PathBuf,
 }
