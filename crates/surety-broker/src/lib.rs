@@ -5,6 +5,9 @@
 //!   dead-lettering, conservation counters), driven by events.
 //! - [`broker`]: the embedded broker that persists those events in a group-committed
 //!   journal, and stores partitions and dead letters in `surety-log` logs.
+//! - [`session`]: one consumer session (the credit window, a fetcher under it,
+//!   concurrent per-receipt settlements, drain), shared by the gRPC front and the
+//!   in-process transport.
 //! - [`dedupe`], [`topic`], [`receipt`], [`message`], [`codec`]: the pieces around them.
 
 pub mod backoff;
@@ -16,6 +19,7 @@ pub mod group;
 pub mod limits;
 pub mod message;
 pub mod receipt;
+pub mod session;
 pub mod topic;
 
 pub use backoff::Backoff;

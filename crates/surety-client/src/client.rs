@@ -1,5 +1,9 @@
 //! A connection to a Surety server: one HTTP/2 channel (reconnected by tonic when it
-//! breaks), with the bearer token added to every call.
+//! breaks), with the bearer token added to every call. A `Client` is Surety's gRPC
+//! transport: it implements the `surety-core` seam (`transport.rs`), so `Producer` and
+//! `Consumer` run over it.
+
+use std::sync::Arc;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -7,6 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use crate::pipeline::Pipeline;
 use crate::proto::surety_client::SuretyClient;
 
 /// Largest gRPC message either way; matches the server's limit.
@@ -32,10 +37,12 @@ pub enum ConnectError {
     },
 }
 
-/// A Surety server connection. Cheap to clone; clones share the connection.
+/// A Surety server connection. Cheap to clone; clones share the connection and its
+/// publish stream (publishes from every clone are pipelined on it).
 #[derive(Debug, Clone)]
 pub struct Client {
     raw: Raw,
+    pub(crate) pipeline: Arc<Pipeline>,
 }
 
 impl Client {
@@ -58,7 +65,10 @@ impl Client {
         let raw = SuretyClient::with_interceptor(channel, auth)
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-        Ok(Client { raw })
+        Ok(Client {
+            pipeline: Arc::new(Pipeline::new(raw.clone())),
+            raw,
+        })
     }
 
     /// The generated client, for calls the typed API does not wrap.

@@ -4,22 +4,23 @@
 //! way.
 //!
 //! One session task owns the stream. When it breaks, every request it had not answered
-//! fails as transient (the producer retries it with the same sequences, so nothing is
-//! stored twice) and the next publish opens a new session.
+//! fails with an unknown outcome (the producer retries it with the same sequences, so
+//! nothing is stored twice) and the next publish opens a new session.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use surety_core::{Outcome as Happened, TransportError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Code;
 
-use crate::client::Client;
+use crate::client::Raw;
 use crate::proto::{self, publish_stream_response::Outcome};
 use crate::server_error::ServerError;
 
-type Answer = Result<proto::PublishResponse, ServerError>;
+type Answer = Result<proto::PublishResponse, TransportError>;
 
 struct Call {
     request: proto::PublishStreamRequest,
@@ -28,7 +29,7 @@ struct Call {
 
 /// Sends publish requests over the current session, opening one when needed.
 pub(crate) struct Pipeline {
-    client: Client,
+    raw: Raw,
     session: Mutex<Option<mpsc::UnboundedSender<Call>>>,
     next_request_id: AtomicU64,
 }
@@ -42,9 +43,9 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    pub(crate) fn new(client: Client) -> Self {
+    pub(crate) fn new(raw: Raw) -> Self {
         Self {
-            client,
+            raw,
             session: Mutex::new(None),
             next_request_id: AtomicU64::new(1),
         }
@@ -68,7 +69,9 @@ impl Pipeline {
             let _ = self.sender().send(refused.0);
         }
         answered.await.unwrap_or_else(|_| {
-            Err(ServerError::unavailable(
+            Err(TransportError::new(
+                surety_core::ErrorKind::Unavailable,
+                Happened::Unknown,
                 "the publish stream closed before answering",
             ))
         })
@@ -80,7 +83,7 @@ impl Pipeline {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run_session(self.client.clone(), rx));
+                tokio::spawn(run_session(self.raw.clone(), rx));
                 *session = Some(tx.clone());
                 tx
             }
@@ -90,16 +93,15 @@ impl Pipeline {
 
 /// Forwards calls onto one stream and answers them as responses arrive, until the stream
 /// breaks or the producer is gone and every call is answered.
-async fn run_session(client: Client, mut calls: mpsc::UnboundedReceiver<Call>) {
+async fn run_session(mut raw: Raw, mut calls: mpsc::UnboundedReceiver<Call>) {
     let (requests, outgoing) = mpsc::unbounded_channel();
-    let mut raw = client.raw();
     let mut responses = match raw
         .publish_stream(UnboundedReceiverStream::new(outgoing))
         .await
     {
         Ok(r) => r.into_inner(),
         Err(status) => {
-            let e = ServerError::from(status);
+            let e = crate::server_error::transport_error(status);
             calls.close();
             while let Some(call) = calls.recv().await {
                 let _ = call.answer.send(Err(e.clone()));
@@ -135,6 +137,11 @@ async fn run_session(client: Client, mut calls: mpsc::UnboundedReceiver<Call>) {
         }
     };
     // Stop taking calls, then fail every one not answered: the producer retries them.
+    // Each may have been stored: its outcome is unknown unless the server refused it.
+    let mut broken = TransportError::from(broken);
+    if broken.retryable() {
+        broken.outcome = Happened::Unknown;
+    }
     calls.close();
     while let Ok(call) = calls.try_recv() {
         waiting.insert(call.request.request_id, call.answer);
@@ -151,11 +158,11 @@ fn outcome(outcome: Option<Outcome>) -> Answer {
             grpc: Code::from_i32(e.grpc_status),
             code: Some(e.code),
             message: e.message,
-        }),
-        None => Err(ServerError {
-            grpc: Code::Internal,
-            code: None,
-            message: "the server answered a publish with neither a result nor an error".into(),
-        }),
+        }
+        .into()),
+        None => Err(TransportError::refused(
+            surety_core::ErrorKind::Protocol,
+            "the server answered a publish with neither a result nor an error",
+        )),
     }
 }

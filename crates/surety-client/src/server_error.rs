@@ -1,6 +1,7 @@
 //! What the server (or the way to it) answered when a call failed, and whether trying
 //! again can help.
 
+use surety_core::{ErrorKind, Outcome, TransportError};
 use tonic::{Code, Status};
 
 /// Metadata key in which the server names the stable error code of docs/errors.md.
@@ -54,15 +55,6 @@ impl ServerError {
             message: message.into(),
         }
     }
-
-    /// A call that ran out of the time this client gave it.
-    pub(crate) fn timed_out(what: &str) -> Self {
-        Self {
-            grpc: Code::DeadlineExceeded,
-            code: None,
-            message: format!("{what} timed out"),
-        }
-    }
 }
 
 impl From<Status> for ServerError {
@@ -77,6 +69,46 @@ impl From<Status> for ServerError {
             message: s.message().to_owned(),
         }
     }
+}
+
+/// What the reliability layer reads: the kind (from the stable code where the server
+/// gave one, else from the status code) and whether a retry may help.
+impl From<ServerError> for TransportError {
+    fn from(e: ServerError) -> Self {
+        let outcome = if !e.is_transient() {
+            Outcome::Refused
+        } else if e.grpc == Code::Unavailable {
+            Outcome::Retryable
+        } else {
+            Outcome::Unknown
+        };
+        let kind = e
+            .code
+            .as_deref()
+            .and_then(ErrorKind::of_surety_code)
+            .unwrap_or(match e.grpc {
+                Code::Unavailable | Code::Cancelled | Code::Aborted | Code::Unknown => {
+                    ErrorKind::Unavailable
+                }
+                Code::DeadlineExceeded => ErrorKind::TimedOut,
+                Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Unauthorized,
+                Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidInput,
+                Code::ResourceExhausted => ErrorKind::Overloaded,
+                Code::Unimplemented => ErrorKind::Unsupported,
+                _ => ErrorKind::Other,
+            });
+        TransportError {
+            kind,
+            outcome,
+            message: e.message,
+            code: e.code,
+        }
+    }
+}
+
+/// A failed call, as the reliability layer reads it.
+pub(crate) fn transport_error(s: Status) -> TransportError {
+    ServerError::from(s).into()
 }
 
 #[cfg(test)]
@@ -119,6 +151,24 @@ mod tests {
         assert!(!status(Code::InvalidArgument, Some("invalid_message")).is_transient());
         assert!(!status(Code::NotFound, Some("topic_not_found")).is_transient());
         assert!(!status(Code::Unauthenticated, Some("unauthorized")).is_transient());
+    }
+
+    #[test]
+    fn the_layer_sees_kind_and_outcome() {
+        let e = TransportError::from(status(Code::NotFound, Some("topic_not_found")));
+        assert_eq!(
+            (e.kind, e.outcome),
+            (ErrorKind::TopicNotFound, Outcome::Refused)
+        );
+        let e = TransportError::from(status(Code::Unavailable, None));
+        assert_eq!(
+            (e.kind, e.outcome),
+            (ErrorKind::Unavailable, Outcome::Retryable)
+        );
+        let e = TransportError::from(status(Code::DeadlineExceeded, None));
+        assert_eq!((e.kind, e.outcome), (ErrorKind::TimedOut, Outcome::Unknown));
+        let e = TransportError::from(status(Code::Unauthenticated, Some("unauthorized")));
+        assert_eq!(e.kind, ErrorKind::Unauthorized);
     }
 
     #[test]

@@ -106,7 +106,7 @@ async fn a_panicking_handler_is_nacked_and_the_consumer_goes_on() {
     let stop = consumer.stop_handle();
     let run = tokio::spawn(consumer.run(|d: Delivery| async move {
         if d.payload == b"boom" {
-            panic!("handler exploded on {}", d.offset);
+            panic!("handler exploded on {}", d.offset());
         }
         Ok::<_, String>(())
     }));

@@ -43,7 +43,7 @@ pub enum RelayError {
     /// The server refused the relay's credentials: every row would fail the same way,
     /// so the relay stops instead of marking rows dead.
     #[error("the Surety server refused the relay's credentials: {0}")]
-    Unauthorized(#[source] surety_client::ServerError),
+    Unauthorized(#[source] surety_core::TransportError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

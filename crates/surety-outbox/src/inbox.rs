@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, Pool, Postgres, Sqlite, SqliteConnection, Transaction};
-use surety_client::Delivery;
+use surety_core::Delivery;
 use surety_core::MessageId;
 
 use crate::BoxFuture;
@@ -33,7 +33,7 @@ impl<T> Processed<T> {
 /// row again), else the message `id` ([`MessageId`], defined once in `surety-core`).
 /// `None` if the message carries neither.
 pub fn message_id(d: &Delivery) -> Option<MessageId> {
-    MessageId::of(d.producer_id.as_deref(), d.sequence, d.id.as_deref())
+    d.message_id()
 }
 
 /// The inbox of one database. Stateless: every call works on the transaction given.

@@ -6,7 +6,7 @@
 //!   application's).
 //! - [`enqueue`]: writes a message row inside the caller's transaction. Any language can
 //!   do the same with `INSERT INTO surety_outbox (topic, key, payload) VALUES (...)`.
-//! - [`Relay`]: publishes committed rows through the Surety client with a producer id and
+//! - [`Relay`]: publishes committed rows through any transport (`surety_core::Publisher`) with a producer id and
 //!   a sequence stored in the row, so a relay killed between publish and mark-sent makes
 //!   the broker answer `duplicate`, never store a second copy. Gap-safe, one active relay
 //!   per database (others stand by), per-key order kept, failures retried, then `dead`.
@@ -32,4 +32,4 @@ pub use relay::{Relay, RelayConfig, RelayCounters, RelayStats, RelayStop};
 pub use schema::migrate;
 
 /// A boxed future borrowing a connection for `'c`: what inbox handlers return.
-pub type BoxFuture<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>;
+pub use surety_core::BoxFuture;

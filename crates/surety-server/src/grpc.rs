@@ -1,9 +1,11 @@
 //! The gRPC data plane of `proto/surety.proto`: batched confirmed publish, streaming
-//! consume with credits and acks, admin basics. Served as an axum router next to REST on
-//! the same address. Status codes and the stream protocol: docs/grpc.md.
+//! consume with credits and acks, admin basics, dead-letter administration. Served as an
+//! axum router next to REST on the same address. Status codes and the stream protocol:
+//! docs/grpc.md.
 
 mod consume;
 mod convert;
+mod dead_letters;
 mod publish_stream;
 mod service;
 mod status;

@@ -346,6 +346,6 @@ async fn read_all(client: &Client, expected: usize) -> Vec<Delivery> {
     stop.stop();
     task.await.unwrap().unwrap();
     let mut all = std::mem::take(&mut *got.lock().unwrap());
-    all.sort_by_key(|d| (d.partition, d.offset));
+    all.sort_by_key(|d| (d.partition, d.offset()));
     all
 }

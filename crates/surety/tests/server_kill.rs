@@ -285,7 +285,7 @@ async fn produce(
                     record.answers.push(Answer {
                         cycle,
                         payload: payload.clone(),
-                        key: (r.partition, r.offset),
+                        key: (r.partition(), r.offset()),
                         duplicate: r.duplicate,
                         spanned_kill,
                     });
@@ -336,7 +336,7 @@ fn spawn_consumer(
                 async move {
                     shared.record.lock().unwrap().deliveries.push(Seen {
                         cycle,
-                        key: (d.partition, d.offset),
+                        key: (d.partition, d.offset()),
                         count: d.delivery_count,
                         payload: String::from_utf8_lossy(&d.payload).into_owned(),
                     });

@@ -194,7 +194,7 @@ async fn max_deliveries(client: &Client) -> Option<u32> {
 
 /// What `orders project` prints for a delivery it nacks.
 pub fn failure_line(d: &Delivery, max_deliveries: Option<u32>, reason: &str) -> String {
-    let at = format!("{TOPIC} {}:{}", d.partition, d.offset);
+    let at = format!("{TOPIC} {}", d.position);
     let fate = match max_deliveries {
         Some(max) if d.delivery_count >= max => format!(
             "nacked for the last time (delivery {} of {max}): it goes to the dead letters, \

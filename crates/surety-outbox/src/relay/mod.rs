@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use surety_client::{Client, Message, Producer, PublishError, RetryPolicy, ServerError};
+use surety_core::{
+    ErrorKind, Message, Producer, PublishError, Published, Publisher, RetryPolicy, TransportError,
+};
 use tokio::sync::watch;
 
 use crate::db::Database;
@@ -166,9 +168,8 @@ impl From<RowTuple> for Row {
 
 impl Row {
     fn message(&self) -> Result<Message, String> {
-        let headers: std::collections::HashMap<String, String> =
-            serde_json::from_str(&self.headers)
-                .map_err(|e| format!("headers are not a JSON object of strings: {e}"))?;
+        let headers: surety_core::Headers = serde_json::from_str(&self.headers)
+            .map_err(|e| format!("headers are not a JSON object of strings: {e}"))?;
         Ok(Message {
             payload: self.payload.clone(),
             key: self.key.clone(),
@@ -327,11 +328,11 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Publishes outbox rows of one database to one Surety server.
-#[derive(Debug)]
+/// Publishes outbox rows of one database through one transport (a Surety server, the
+/// in-process broker, or a backend).
 pub struct Relay {
     db: Database,
-    client: Client,
+    publisher: Arc<dyn Publisher>,
     config: RelayConfig,
     counters: Arc<RelayCounters>,
     stop: Arc<watch::Sender<bool>>,
@@ -339,13 +340,33 @@ pub struct Relay {
     instance: String,
 }
 
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("transport", &self.publisher.capabilities().transport)
+            .field("config", &self.config)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Relay {
-    pub fn new(db: Database, client: Client, mut config: RelayConfig) -> Relay {
+    /// A relay publishing through `publisher` (a `surety_client::Client`, an
+    /// `Arc<dyn Transport>`, ...).
+    pub fn new(db: Database, publisher: impl Publisher + 'static, config: RelayConfig) -> Relay {
+        Self::with_publisher(db, Arc::new(publisher), config)
+    }
+
+    pub fn with_publisher(
+        db: Database,
+        publisher: Arc<dyn Publisher>,
+        mut config: RelayConfig,
+    ) -> Relay {
         config.batch_size = config.batch_size.clamp(1, MAX_BATCH);
         config.max_attempts = config.max_attempts.max(1);
         Relay {
             db,
-            client,
+            publisher,
             config,
             counters: Arc::default(),
             stop: Arc::new(watch::Sender::new(false)),
@@ -452,7 +473,7 @@ impl Relay {
         leader: &mut Leader,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), LeadEnd> {
-        let producer = Producer::builder(self.client.clone())
+        let producer = Producer::builder_shared(self.publisher.clone())
             .identity(leader.producer_id(), 0)
             .retry(self.config.publish_retry)
             .build();
@@ -592,12 +613,12 @@ impl Relay {
         }
     }
 
-    fn sent(&self, s: &mut Settlement, row: &Row, p: surety_client::Published) {
+    fn sent(&self, s: &mut Settlement, row: &Row, p: Published) {
         if p.duplicate {
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(m::DUPLICATES).increment(1);
         }
-        s.sent.push((row.id, p.partition, p.offset));
+        s.sent.push((row.id, p.partition(), p.offset()));
     }
 
     /// Counts a failed attempt; at `max_attempts` the row ends dead with the reason.
@@ -630,15 +651,12 @@ impl Relay {
 }
 
 /// Refusals that are about the relay, not the row.
-fn is_credentials(e: &ServerError) -> bool {
-    matches!(
-        e.grpc,
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-    ) || e.code.as_deref() == Some("unauthorized")
+fn is_credentials(e: &TransportError) -> bool {
+    e.kind == ErrorKind::Unauthorized
 }
 
 /// The dead reason of a refused row: the broker's stable code first.
-fn refusal(e: &ServerError) -> String {
+fn refusal(e: &TransportError) -> String {
     match &e.code {
         Some(code) => format!("refused by the broker ({code}): {}", e.message),
         None => format!("refused by the broker: {e}"),

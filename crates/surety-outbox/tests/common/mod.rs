@@ -186,7 +186,7 @@ impl TestServer {
         stop.stop();
         task.await.unwrap().unwrap();
         let mut all = std::mem::take(&mut *got.lock().unwrap());
-        all.sort_by_key(|d| (d.partition, d.offset));
+        all.sort_by_key(|d| (d.partition, d.offset()));
         all
     }
 

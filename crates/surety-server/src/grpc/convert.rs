@@ -1,6 +1,6 @@
 //! Between protobuf messages and broker types.
 
-use surety_broker::{Delivery, PublishMessage, PublishResult, TopicInfo};
+use surety_broker::{DeadLetter, Delivery, PublishMessage, PublishResult, TopicInfo};
 
 use super::proto;
 
@@ -39,6 +39,30 @@ pub(super) fn delivery(d: Delivery) -> proto::Delivery {
         producer_id: m.producer_id,
         sequence: m.sequence,
         lease_until_ms: d.lease_until,
+    }
+}
+
+/// A dead letter with its message; the message's own id becomes `message_id`, apart from
+/// the dead letter's `id`.
+pub(super) fn dead_letter(d: DeadLetter) -> proto::DeadLetter {
+    let m = d.message;
+    proto::DeadLetter {
+        id: d.id,
+        partition: d.partition,
+        offset: d.offset,
+        group: d.group,
+        reason: d.reason,
+        attempts: d.attempts,
+        first_delivered_ms: d.first_delivered_at,
+        last_delivered_ms: d.last_delivered_at,
+        dead_lettered_ms: d.dead_lettered_at,
+        payload: m.payload,
+        key: m.key,
+        headers: m.headers.into_iter().collect(),
+        message_id: m.id,
+        producer_id: m.producer_id,
+        sequence: m.sequence,
+        timestamp_ms: m.timestamp_ms,
     }
 }
 

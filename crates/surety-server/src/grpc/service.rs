@@ -8,7 +8,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::proto::{self, surety_server::Surety};
 use super::status::{status_of, with_code};
-use super::{consume, convert, publish_stream};
+use super::{consume, convert, dead_letters, publish_stream};
 use crate::metrics;
 use crate::state::AppState;
 
@@ -139,5 +139,32 @@ impl Surety for Service {
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(convert::topic(info, false)))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<proto::ListDeadLettersRequest>,
+    ) -> Result<Response<proto::DeadLetterPage>, Status> {
+        dead_letters::list(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn resend_dead_letters(
+        &self,
+        request: Request<proto::DeadLetterSelection>,
+    ) -> Result<Response<proto::ResendResponse>, Status> {
+        dead_letters::resend(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<proto::DeadLetterSelection>,
+    ) -> Result<Response<proto::PurgeResponse>, Status> {
+        dead_letters::purge(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

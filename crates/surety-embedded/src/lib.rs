@@ -1,0 +1,327 @@
+//! `surety-embedded`: the in-process transport. An application that runs the broker in
+//! its own process (one binary, no server to deploy, or a test) uses the same
+//! [`Producer`](surety_core::Producer) and [`Consumer`](surety_core::Consumer) as over
+//! gRPC, with the same guarantees: [`InProcess`] implements the seam of `surety-core`
+//! ([`Publisher`], [`Subscriber`], [`Admin`], so it is a [`Transport`](surety_core::Transport))
+//! by calling the [`Broker`] directly — no sockets, no protobuf, no copy of the broker's
+//! semantics.
+//!
+//! What is shared rather than repeated:
+//! - the consume window (fetcher under credits, outstanding set, concurrent
+//!   per-receipt settles, drain) is [`surety_broker::session`], the very code behind the
+//!   gRPC `Consume` stream;
+//! - every bound a client sends is checked by the broker (`surety_broker::limits`), so an
+//!   in-process caller is refused exactly as a remote one, with the same stable codes;
+//! - broker errors become transport errors in one table ([`transport_error`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use surety_broker::{Broker, BrokerOptions};
+//! use surety_core::{Admin, Consumer, Message, Producer, TopicSpec};
+//! use surety_embedded::InProcess;
+//!
+//! let broker = Broker::open("/var/lib/myapp/surety", BrokerOptions::default())?;
+//! let transport = std::sync::Arc::new(InProcess::new(broker));
+//! transport.create_topic("orders", &TopicSpec::default()).await?;
+//! Producer::new(transport.clone()).publish("orders", Message::new("hello")).await?;
+//! let stats = Consumer::builder(transport, "orders", "billing")
+//!     .run(|d| async move { println!("{:?}", d.payload); Ok::<_, String>(()) })
+//!     .await?;
+//! # let _ = stats; Ok(()) }
+//! ```
+//!
+//! The broker's lease sweeper and retention are the application's to start
+//! ([`Broker::spawn_sweeper`], as `surety serve` does); without the sweeper an expired
+//! lease still comes back at the next fetch of its group.
+
+mod convert;
+mod error;
+mod session;
+
+use std::time::Duration;
+
+use surety_broker::{Broker, limits};
+use surety_core::{
+    Admin, Batch, BoxFuture, Capabilities, Capable, Confirm, DeadLetterCap, DeadLetterPage,
+    DeadLetterStore, DeadLetters, DedupeWindow, DeliveryCount, LeaseKind, Mechanism, NackDelay,
+    Ordering, PublishAnswers, PublishDedupe, Publisher, Selection, Session, SettleAnswers,
+    Subscriber, Subscription, TopicInfo, TopicSpec, TransportError,
+};
+
+pub use error::transport_error;
+
+/// Long-poll time of one fetch: how long a drain (a consumer's stop) waits for the
+/// fetcher at most. Shorter than the gRPC stream's, since an idle in-process poll costs
+/// no round trip.
+pub const FETCH_WAIT: Duration = Duration::from_millis(200);
+
+/// The broker as a transport, in this process.
+#[derive(Debug, Clone)]
+pub struct InProcess {
+    broker: Broker,
+    capabilities: Capabilities,
+}
+
+impl InProcess {
+    pub fn new(broker: Broker) -> Self {
+        Self {
+            broker,
+            capabilities: capabilities(),
+        }
+    }
+
+    /// The broker underneath, for what the seam does not cover (seek, peek, groups,
+    /// retention, the sweeper).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+}
+
+/// What the broker does, said honestly (docs/seam.md §4, "in-process").
+fn capabilities() -> Capabilities {
+    Capabilities {
+        transport: "in-process",
+        // The producer window of `surety_broker::DedupeConfig` (the last 10 000 sequences
+        // per producer), kept across restarts.
+        publish_dedupe: PublishDedupe::Native {
+            window: DedupeWindow::Sequences(surety_broker::DedupeConfig::default().producer_window),
+        },
+        // A topic's `dedupe_window_ms`: 2 min unless the topic says otherwise (0 turns it
+        // off on that topic).
+        id_dedupe: Some(Duration::from_millis(
+            surety_broker::TopicConfig::default().dedupe_window_ms,
+        )),
+        // `Broker::publish` refuses a batch whole when one message is refused.
+        per_message_publish_answers: false,
+        // The default durability; a topic with `durability: none` says PageCache in its
+        // `TopicInfo::confirm`.
+        confirm: Confirm::FsyncedOnNode,
+        unknown_topic: Mechanism::Native,
+        per_message_settle: Mechanism::Native,
+        // Receipts are signed by the broker's key and name topic, group and delivery, so
+        // they are valid in any session of the same broker.
+        receipts_survive_reconnect: true,
+        settle_answers: SettleAnswers::Confirmed,
+        nack_delay: NackDelay::Native {
+            max: Duration::from_millis(limits::MAX_NACK_DELAY_MS),
+        },
+        delivery_count: DeliveryCount::Persistent,
+        lease: LeaseKind::PerMessage { extend: false },
+        dead_letters: DeadLetters {
+            store: DeadLetterStore::Native,
+            cap: DeadLetterCap::Broker,
+            now: false,
+        },
+        group_resend: Mechanism::Native,
+        ordering: Ordering::PerPartition,
+        delayed_publish: true,
+        max_credits: limits::MAX_CREDITS as u32,
+        // Per topic (`max_message_bytes`), checked by the broker.
+        max_message_bytes: None,
+    }
+}
+
+impl Capable for InProcess {
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+}
+
+impl Publisher for InProcess {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<PublishAnswers, TransportError>> {
+        Box::pin(async move {
+            let messages = batch.iter().map(convert::publish_message).collect();
+            // Cancel-safe: the broker runs the publish in its own task, so a driver that
+            // times out cannot strand its dedupe reservations.
+            let results = self
+                .broker
+                .publish(topic, messages)
+                .await
+                .map_err(|e| transport_error(&e))?;
+            if results.len() != batch.len() {
+                return Err(TransportError::new(
+                    surety_core::ErrorKind::Protocol,
+                    surety_core::Outcome::Unknown,
+                    format!(
+                        "the broker answered {} results for {} messages",
+                        results.len(),
+                        batch.len()
+                    ),
+                ));
+            }
+            Ok(batch
+                .sequences()
+                .zip(results)
+                .map(|(sequence, r)| Ok(convert::published(sequence, r)))
+                .collect())
+        })
+    }
+}
+
+impl Subscriber for InProcess {
+    fn subscribe<'a>(
+        &'a self,
+        sub: &'a Subscription,
+    ) -> BoxFuture<'a, Result<Box<dyn Session>, TransportError>> {
+        Box::pin(async move {
+            let session = session::InProcessSession::start(self.broker.clone(), sub, FETCH_WAIT)?;
+            Ok(Box::new(session) as Box<dyn Session>)
+        })
+    }
+}
+
+/// A dead-letter id of this transport: the broker's number.
+fn dead_letter_id(text: &str) -> Result<u64, TransportError> {
+    text.parse().map_err(|_| {
+        error::invalid_input(format!(
+            "dead-letter id {text:?} is not one of this broker's (a number)"
+        ))
+    })
+}
+
+fn selection(which: &Selection) -> Result<surety_broker::Selection, TransportError> {
+    Ok(match which {
+        Selection::All => surety_broker::Selection::All,
+        Selection::Ids(ids) => surety_broker::Selection::Ids(
+            ids.iter()
+                .map(|id| dead_letter_id(id))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+impl Admin for InProcess {
+    fn create_topic<'a>(
+        &'a self,
+        topic: &'a str,
+        spec: &'a TopicSpec,
+    ) -> BoxFuture<'a, Result<TopicInfo, TransportError>> {
+        Box::pin(async move {
+            let (info, _created) = self
+                .broker
+                .put_topic(topic, &convert::topic_patch(spec))
+                .await
+                .map_err(|e| transport_error(&e))?;
+            Ok(convert::topic_info(info))
+        })
+    }
+
+    fn describe_topic<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<TopicInfo, TransportError>> {
+        Box::pin(async move {
+            let info = self
+                .broker
+                .describe(topic)
+                .await
+                .map_err(|e| transport_error(&e))?;
+            Ok(convert::topic_info(info))
+        })
+    }
+
+    fn list_topics(&self) -> BoxFuture<'_, Result<Vec<String>, TransportError>> {
+        Box::pin(async move { Ok(self.broker.topic_names()) })
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<DeadLetterPage, TransportError>> {
+        Box::pin(async move {
+            let after = after.map(dead_letter_id).transpose()?;
+            let mut page = self
+                .broker
+                .dead_letter_page(topic, group, after, limit as usize)
+                .await
+                .map_err(|e| transport_error(&e))?;
+            let mut items = Vec::new();
+            for d in page.by_ref() {
+                items.push(convert::dead_letter(d.map_err(|e| transport_error(&e))?));
+            }
+            Ok(DeadLetterPage {
+                items,
+                next: page.next_cursor().map(|id| id.to_string()),
+            })
+        })
+    }
+
+    fn resend<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        which: &'a Selection,
+    ) -> BoxFuture<'a, Result<u64, TransportError>> {
+        Box::pin(async move {
+            let which = selection(which)?;
+            let n = self
+                .broker
+                .resend(topic, group, &which)
+                .await
+                .map_err(|e| transport_error(&e))?;
+            Ok(n as u64)
+        })
+    }
+
+    fn purge<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        which: &'a Selection,
+    ) -> BoxFuture<'a, Result<u64, TransportError>> {
+        Box::pin(async move {
+            let which = selection(which)?;
+            let n = self
+                .broker
+                .purge(topic, group, &which)
+                .await
+                .map_err(|e| transport_error(&e))?;
+            Ok(n as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_ids_are_numbers() {
+        assert_eq!(dead_letter_id("17").unwrap(), 17);
+        let e = dead_letter_id("x17").unwrap_err();
+        assert_eq!(e.kind, surety_core::ErrorKind::InvalidInput);
+        assert!(!e.retryable());
+        assert!(selection(&Selection::Ids(vec!["1".into(), "-2".into()])).is_err());
+        assert_eq!(
+            selection(&Selection::Ids(vec!["1".into(), "2".into()])).unwrap(),
+            surety_broker::Selection::Ids(vec![1, 2])
+        );
+    }
+
+    #[test]
+    fn the_capabilities_follow_the_broker_limits() {
+        let caps = capabilities();
+        assert_eq!(
+            caps.publish_dedupe,
+            PublishDedupe::Native {
+                window: DedupeWindow::Sequences(10_000)
+            }
+        );
+        assert_eq!(caps.id_dedupe, Some(Duration::from_secs(120)));
+        assert_eq!(caps.max_credits, 10_000);
+        assert_eq!(
+            caps.nack_delay,
+            NackDelay::Native {
+                max: Duration::from_secs(12 * 60 * 60)
+            }
+        );
+        assert!(!caps.dead_letters.now);
+    }
+}
