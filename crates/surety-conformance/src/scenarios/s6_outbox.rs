@@ -39,11 +39,6 @@ const RELAY_BATCH: usize = 7;
 const INBOX_CONSUMER: &str = "conformance";
 
 pub(crate) async fn run(fx: &dyn TransportFixture) -> Verdict {
-    if fx.consumer_kill() == KillMode::Task {
-        return Verdict::Skipped(
-            "the outbox relay takes a surety_client::Client, not yet an Arc<dyn Publisher>".into(),
-        );
-    }
     let base_url = fx.postgres_url();
     let admin = match pool(&base_url, 2).await {
         Ok(p) => p,
@@ -203,11 +198,8 @@ async fn inbox_applies_once(t: &Arc<dyn Transport>, topic: &str, db: &PgPool) {
     let duplicates = Arc::new(AtomicU64::new(0));
     let failed_after_commit = Arc::new(AtomicU64::new(0));
     let consumer = {
-        let (db, duplicates, failed) = (
-            db.clone(),
-            duplicates.clone(),
-            failed_after_commit.clone(),
-        );
+        let (db, duplicates, failed) =
+            (db.clone(), duplicates.clone(), failed_after_commit.clone());
         start_consumer(
             t,
             topic,
@@ -406,8 +398,10 @@ async fn relay_task(t: Arc<dyn Transport>, db_url: &str) -> tokio::task::JoinHan
         publish_retry: crate::support::fast_retry(),
         ..surety_outbox::RelayConfig::default()
     };
-    // TODO(relay over the seam): surety_outbox::Relay::new(db, t, config) once the relay
-    // takes an Arc<dyn Publisher>; until then `run` skips task-mode fixtures.
-    let _ = (db, t, config);
-    unreachable!("task-mode relays are skipped until the relay takes an Arc<dyn Publisher>")
+    let relay = surety_outbox::Relay::new(db, t, config);
+    tokio::spawn(async move {
+        if let Err(e) = relay.run().await {
+            panic!("relay task: {e}");
+        }
+    })
 }
