@@ -20,7 +20,9 @@ use crate::{TransportFixture, Verdict};
 const LEASE: Duration = Duration::from_secs(3);
 /// How long the handler blocks while the group is inspected.
 const BLOCK: Duration = Duration::from_millis(800);
-const NACK_DELAY: Duration = Duration::from_millis(300);
+/// Above the topic's first retry backoff (0.8–1 s by default), so it is what holds the
+/// message back.
+const NACK_DELAY: Duration = Duration::from_millis(1200);
 /// Runs of the failing message that return an error before one returns `Ok`.
 const FAILURES: u32 = 2;
 
