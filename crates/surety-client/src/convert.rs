@@ -53,3 +53,25 @@ pub(crate) fn delivery(d: proto::Delivery) -> Delivery {
         sequence: d.sequence,
     }
 }
+
+pub(crate) fn dead_letter(d: proto::DeadLetter) -> surety_core::DeadLetter {
+    surety_core::DeadLetter {
+        id: d.id.to_string(),
+        group: d.group,
+        reason: d.reason,
+        attempts: d.attempts,
+        first_delivered_ms: d.first_delivered_ms,
+        last_delivered_ms: d.last_delivered_ms,
+        dead_lettered_ms: d.dead_lettered_ms,
+        origin: Position::Offset {
+            partition: d.partition,
+            offset: d.offset,
+        },
+        payload: d.payload,
+        key: d.key,
+        headers: d.headers.into_iter().collect(),
+        message_id: d.message_id,
+        producer_id: d.producer_id,
+        sequence: d.sequence,
+    }
+}

@@ -1,7 +1,7 @@
 //! What the server (or the way to it) answered when a call failed, and whether trying
 //! again can help.
 
-use surety_core::{ErrorKind, Outcome, TransportError};
+use surety_core::{ErrorKind, Outcome, TransportError, of_surety_code};
 use tonic::{Code, Status};
 
 /// Metadata key in which the server names the stable error code of docs/errors.md.
@@ -75,6 +75,8 @@ impl From<Status> for ServerError {
 /// gave one, else from the status code) and whether a retry may help.
 impl From<ServerError> for TransportError {
     fn from(e: ServerError) -> Self {
+        // Whether a retry may help is the status code's to say (`is_transient`, which
+        // knows transport failures); the stable code names the kind.
         let outcome = if !e.is_transient() {
             Outcome::Refused
         } else if e.grpc == Code::Unavailable {
@@ -85,7 +87,8 @@ impl From<ServerError> for TransportError {
         let kind = e
             .code
             .as_deref()
-            .and_then(ErrorKind::of_surety_code)
+            .and_then(of_surety_code)
+            .map(|(kind, _)| kind)
             .unwrap_or(match e.grpc {
                 Code::Unavailable | Code::Cancelled | Code::Aborted | Code::Unknown => {
                     ErrorKind::Unavailable

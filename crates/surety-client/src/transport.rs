@@ -288,31 +288,100 @@ impl Admin for Client {
 
     fn dead_letters<'a>(
         &'a self,
-        _topic: &'a str,
-        _group: &'a str,
-        _after: Option<&'a str>,
-        _limit: u32,
+        topic: &'a str,
+        group: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
     ) -> BoxFuture<'a, Result<DeadLetterPage, TransportError>> {
-        Box::pin(async move { Err(TransportError::refused(ErrorKind::Unsupported, "TEMP")) })
+        Box::pin(async move {
+            let after = after.map(dead_letter_id).transpose()?;
+            let page = self
+                .raw()
+                .list_dead_letters(proto::ListDeadLettersRequest {
+                    topic: topic.to_owned(),
+                    group: group.to_owned(),
+                    after,
+                    limit,
+                })
+                .await
+                .map_err(crate::server_error::transport_error)?
+                .into_inner();
+            Ok(DeadLetterPage {
+                items: page
+                    .dead_letters
+                    .into_iter()
+                    .map(convert::dead_letter)
+                    .collect(),
+                next: page.next.map(|n| n.to_string()),
+            })
+        })
     }
 
     fn resend<'a>(
         &'a self,
-        _topic: &'a str,
-        _group: &'a str,
-        _which: &'a Selection,
+        topic: &'a str,
+        group: &'a str,
+        which: &'a Selection,
     ) -> BoxFuture<'a, Result<u64, TransportError>> {
-        Box::pin(async move { Err(TransportError::refused(ErrorKind::Unsupported, "TEMP")) })
+        Box::pin(async move {
+            let selection = selection(topic, group, which)?;
+            let r = self
+                .raw()
+                .resend_dead_letters(selection)
+                .await
+                .map_err(crate::server_error::transport_error)?;
+            Ok(r.into_inner().resent)
+        })
     }
 
     fn purge<'a>(
         &'a self,
-        _topic: &'a str,
-        _group: &'a str,
-        _which: &'a Selection,
+        topic: &'a str,
+        group: &'a str,
+        which: &'a Selection,
     ) -> BoxFuture<'a, Result<u64, TransportError>> {
-        Box::pin(async move { Err(TransportError::refused(ErrorKind::Unsupported, "TEMP")) })
+        Box::pin(async move {
+            let selection = selection(topic, group, which)?;
+            let r = self
+                .raw()
+                .purge_dead_letters(selection)
+                .await
+                .map_err(crate::server_error::transport_error)?;
+            Ok(r.into_inner().purged)
+        })
     }
+}
+
+/// A Surety dead-letter id is a number.
+fn dead_letter_id(id: &str) -> Result<u64, TransportError> {
+    id.parse().map_err(|_| {
+        TransportError::refused(
+            ErrorKind::InvalidInput,
+            format!("{id:?} is not a Surety dead-letter id (a number)"),
+        )
+    })
+}
+
+fn selection(
+    topic: &str,
+    group: &str,
+    which: &Selection,
+) -> Result<proto::DeadLetterSelection, TransportError> {
+    let (ids, all) = match which {
+        Selection::All => (Vec::new(), true),
+        Selection::Ids(ids) => (
+            ids.iter()
+                .map(|id| dead_letter_id(id))
+                .collect::<Result<_, _>>()?,
+            false,
+        ),
+    };
+    Ok(proto::DeadLetterSelection {
+        topic: topic.to_owned(),
+        group: group.to_owned(),
+        ids,
+        all,
+    })
 }
 
 /// A `TopicConfigPatch` naming only what `spec` sets.

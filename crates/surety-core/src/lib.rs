@@ -31,7 +31,7 @@ pub use capabilities::{
     DeliveryCount, LeaseKind, Mechanism, NackDelay, Ordering, PublishDedupe, SettleAnswers,
 };
 pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ConsumerStats, StopHandle};
-pub use error::{ErrorKind, Outcome, TransportError};
+pub use error::{ErrorKind, Outcome, TransportError, of_surety_code};
 pub use gap::{GapDetector, GapStats, Observation};
 pub use message::{
     Batch, Delivery, Headers, Message, Position, Published, Receipt, StampedMessage,

@@ -9,7 +9,7 @@
 //! [`TransportError::code`].
 
 use surety_broker::BrokerError;
-use surety_core::{ErrorKind, Outcome, TransportError};
+use surety_core::{ErrorKind, Outcome, TransportError, of_surety_code};
 
 /// The transport error for a broker error.
 pub fn transport_error(e: &BrokerError) -> TransportError {
@@ -23,36 +23,11 @@ pub(crate) fn invalid_input(message: impl Into<String>) -> TransportError {
     TransportError::refused(ErrorKind::InvalidInput, message).with_code("invalid_request")
 }
 
+/// The shared table of Surety codes (`surety_core::of_surety_code`); a code it does not
+/// know yet is taken at its worst for a retry loop (it may have happened), so dedupe can
+/// settle it, rather than claimed to have done nothing.
 fn classify(code: &str) -> (ErrorKind, Outcome) {
-    use ErrorKind as K;
-    use Outcome::{Refused, Retryable, Unknown};
-    match code {
-        // Refused on their merits: the same call fails the same way.
-        "invalid_name" => (K::InvalidName, Refused),
-        "invalid_config" | "invalid_message" | "invalid_request" => (K::InvalidInput, Refused),
-        "message_too_large" => (K::TooLarge, Refused),
-        "topic_not_found" => (K::TopicNotFound, Refused),
-        "group_not_found" => (K::GroupNotFound, Refused),
-        "sequence_too_old" => (K::SequenceTooOld, Refused),
-        "topic_busy" => (K::Other, Refused),
-        // Settlement refusals: the delivery is no longer this consumer's.
-        "receipt_invalid" => (K::UnknownReceipt, Refused),
-        "receipt_stale" | "not_delivered" => (K::Stale, Refused),
-        "lease_expired" => (K::LeaseExpired, Refused),
-        // The disk failed midway: the write may or may not be on it. A retry with the
-        // same stamps settles it (dedupe).
-        "storage_failure" => (K::Storage, Unknown),
-        // Refused up front after an earlier storage failure; a broker restart brings the
-        // topic back, and nothing of this call happened.
-        "topic_failed" => (K::Storage, Retryable),
-        // Stopped midway while shutting down: the outcome is unknown (docs/errors.md).
-        "shutting_down" => (K::ShuttingDown, Unknown),
-        // At open only: another broker holds the directory.
-        "directory_in_use" => (K::Unavailable, Retryable),
-        // A code this table does not know yet: assume the worst for a retry loop (it may
-        // have happened), so dedupe can settle it, rather than claim nothing happened.
-        _ => (K::Other, Unknown),
-    }
+    of_surety_code(code).unwrap_or((ErrorKind::Other, Outcome::Unknown))
 }
 
 #[cfg(test)]
