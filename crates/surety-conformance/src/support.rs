@@ -294,3 +294,28 @@ pub fn start_recording(
 pub fn pos(p: &Position) -> String {
     p.to_string()
 }
+
+/// A child process that is SIGKILLed (and reaped) when dropped, so that a scenario that
+/// fails halfway leaves no consumer or relay behind.
+#[derive(Debug)]
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn sigkill(&mut self) -> std::process::ExitStatus {
+        self.0.kill().expect("SIGKILL a child");
+        self.0.wait().expect("reap a child")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

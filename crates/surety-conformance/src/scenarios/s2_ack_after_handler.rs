@@ -17,7 +17,7 @@ use crate::support::{
 use crate::{TransportFixture, Verdict};
 
 /// Long enough that a correct transport never redelivers during the test's blocks.
-const LEASE: Duration = Duration::from_secs(3);
+const LEASE: Duration = Duration::from_secs(4);
 /// How long the handler blocks while the group is inspected.
 const BLOCK: Duration = Duration::from_millis(800);
 /// Above the topic's first retry backoff (0.8–1 s by default), so it is what holds the
@@ -167,7 +167,8 @@ pub(crate) async fn run(fx: &dyn TransportFixture) -> Verdict {
 
     // After Ok: nothing more, not even once the lease would have run out.
     let settled = record.len();
-    tokio::time::sleep(LEASE + Duration::from_millis(500)).await;
+    let last = fails.last().expect("the failing runs").at;
+    tokio::time::sleep_until((last + LEASE + Duration::from_millis(300)).into()).await;
     let g = group_info(&t, &topic, &group).await.expect("the group");
     assert_eq!((g.lag, g.in_flight), (0, 0), "after Ok: {g:?}");
     let later: Vec<_> = record.all().into_iter().skip(settled).collect();

@@ -14,7 +14,7 @@ use surety_core::{GapDetector, Message, TopicSpec, Transport};
 
 use crate::child::{ChildConsumer, Hold, Marker};
 use crate::support::{
-    ConsumerOpts, create_topic, eventually, group_info, producer, skip_step, stamp_of,
+    ConsumerOpts, Proc, create_topic, eventually, group_info, producer, skip_step, stamp_of,
     start_consumer, unique,
 };
 use crate::{KillMode, TransportFixture, Verdict};
@@ -164,7 +164,7 @@ fn missing(seen: &Seen, producer_id: &str) -> Vec<u64> {
 enum Victim {
     Task(crate::support::Running),
     Process {
-        child: std::process::Child,
+        child: Proc,
         log: std::path::PathBuf,
     },
 }
@@ -209,7 +209,7 @@ impl Victim {
                     log: dir.join(format!("victim-{n}")),
                     hold: Hold::AckAfter(Duration::from_millis(15)),
                 };
-                let child = fx.spawn_consumer(&spec).unwrap_or_else(|e| {
+                let child = fx.spawn_consumer(&spec).map(Proc).unwrap_or_else(|e| {
                     panic!("KillMode::Process without a consumer process: {e}")
                 });
                 Victim::Process {
@@ -225,14 +225,13 @@ impl Victim {
         match self {
             Victim::Task(running) => running.abort().await,
             Victim::Process { mut child, log } => {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Some(status) = child.exited() {
                     panic!(
                         "a child consumer exited on its own ({status}): {}",
                         std::fs::read_to_string(log.with_extension("stderr")).unwrap_or_default()
                     );
                 }
-                child.kill().expect("SIGKILL the child consumer");
-                let _ = child.wait();
+                child.sigkill();
                 let mut g = gaps.lock().unwrap();
                 for m in Marker::read_all(&log) {
                     g.observe(&m.producer_id, m.partition, m.sequence);

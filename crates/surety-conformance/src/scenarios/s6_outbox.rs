@@ -24,7 +24,7 @@ use surety_core::{Delivery, PublishDedupe, TopicSpec, Transport};
 use surety_outbox::{BoxFuture, Database, Inbox, Processed};
 
 use crate::support::{
-    ConsumerOpts, Record, create_topic, eventually, start_consumer, start_recording, unique,
+    ConsumerOpts, Proc, Record, create_topic, eventually, start_consumer, start_recording, unique,
     wait_settled,
 };
 use crate::{ChildRelay, KillMode, TransportFixture, Verdict};
@@ -324,7 +324,7 @@ fn redact(url: &str) -> String {
 /// A relay that will be killed.
 enum Relay {
     Process {
-        child: std::process::Child,
+        child: Proc,
         log: std::path::PathBuf,
     },
     Task(tokio::task::JoinHandle<()>),
@@ -347,6 +347,7 @@ impl Relay {
                 };
                 let child = fx
                     .spawn_relay(&spec)
+                    .map(Proc)
                     .unwrap_or_else(|e| panic!("KillMode::Process without a relay process: {e}"));
                 Relay::Process {
                     child,
@@ -361,14 +362,13 @@ impl Relay {
     async fn kill(self) {
         match self {
             Relay::Process { mut child, log } => {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Some(status) = child.exited() {
                     panic!(
                         "a relay exited on its own ({status}):\n{}",
                         std::fs::read_to_string(&log).unwrap_or_default()
                     );
                 }
-                child.kill().expect("SIGKILL the relay");
-                let _ = child.wait();
+                child.sigkill();
             }
             Relay::Task(task) => {
                 task.abort();
