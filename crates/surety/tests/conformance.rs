@@ -5,7 +5,7 @@
 //! dir; restarts close and reopen the broker; consumers and relays die as aborted tasks).
 //!
 //! Each scenario is its own trial, `<transport>::<scenario>`:
-//! `cargo nextest run -p surety --test conformance` (or `... -- grpc::`), and
+//! `cargo nextest run -p surety --test conformance` (or `... grpc::`), and
 //! `cargo nextest list -p surety --test conformance` lists them. A harness of its own
 //! (`harness = false`, libtest-mimic), so that this binary can also be the child consumer
 //! that the gRPC fixture starts and SIGKILLs (see `surety_conformance::child`).
