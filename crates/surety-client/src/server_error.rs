@@ -1,7 +1,7 @@
 //! What the server (or the way to it) answered when a call failed, and whether trying
 //! again can help.
 
-use surety_core::{ErrorKind, Outcome, TransportError, of_surety_code};
+use surety_core::{ErrorKind, Outcome, TransportError};
 use tonic::{Code, Status};
 
 /// Metadata key in which the server names the stable error code of docs/errors.md.
@@ -87,7 +87,7 @@ impl From<ServerError> for TransportError {
         let kind = e
             .code
             .as_deref()
-            .and_then(of_surety_code)
+            .and_then(surety_core::surety::of_code)
             .map(|(kind, _)| kind)
             .unwrap_or(match e.grpc {
                 Code::Unavailable | Code::Cancelled | Code::Aborted | Code::Unknown => {

@@ -3,14 +3,13 @@
 //! whose settlements are commands answered on the stream by `request_id`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use surety_core::{
-    Admin, Batch, BoxFuture, Capabilities, Capable, Confirm, DeadLetterCap, DeadLetterPage,
-    DeadLetterStore, DeadLetters, DedupeWindow, DeliveryCount, ErrorKind, GroupInfo, LeaseKind,
-    Mechanism, NackDelay, Ordering, PublishAnswers, PublishDedupe, Publisher, RequestId, Selection,
-    Session, SessionEvent, Settle, SettleAnswers, SettleOutcome, Subscriber, Subscription,
-    TopicInfo, TopicSpec, TransportError,
+    Admin, Batch, BoxFuture, Capabilities, Capable, Confirm, DeadLetterPage, ErrorKind, GroupInfo,
+    PublishAnswers, Publisher, RequestId, Selection, Session, SessionEvent, Settle, SettleOutcome,
+    Subscriber, Subscription, TopicInfo, TopicSpec, TransportError,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -21,36 +20,10 @@ use crate::convert;
 use crate::proto::{self, consume_request::Kind as In, consume_response::Kind as Out};
 use crate::server_error::ServerError;
 
-/// What a Surety server does, stated once for the gRPC and in-process transports' users
-/// (docs/design.md, "The transport seam").
-pub static CAPABILITIES: Capabilities = Capabilities {
-    transport: "surety-grpc",
-    publish_dedupe: PublishDedupe::Native {
-        window: DedupeWindow::Sequences(10_000),
-    },
-    id_dedupe: Some(Duration::from_secs(120)),
-    per_message_publish_answers: false,
-    confirm: Confirm::FsyncedOnNode,
-    unknown_topic: Mechanism::Native,
-    per_message_settle: Mechanism::Native,
-    receipts_survive_reconnect: true,
-    settle_answers: SettleAnswers::Confirmed,
-    nack_delay: NackDelay::Native {
-        max: Duration::from_secs(12 * 3600),
-    },
-    delivery_count: DeliveryCount::Persistent,
-    lease: LeaseKind::PerMessage { extend: false },
-    dead_letters: DeadLetters {
-        store: DeadLetterStore::Native,
-        cap: DeadLetterCap::Broker,
-        now: false,
-    },
-    group_resend: Mechanism::Native,
-    ordering: Ordering::PerPartition,
-    delayed_publish: true,
-    max_credits: 10_000,
-    max_message_bytes: None,
-};
+/// A Surety server's capabilities (`surety_core::surety`, shared with the in-process
+/// transport; docs/design.md, "The transport seam").
+pub static CAPABILITIES: LazyLock<Capabilities> =
+    LazyLock::new(|| surety_core::surety::capabilities("surety-grpc"));
 
 impl Capable for Client {
     fn capabilities(&self) -> &Capabilities {
@@ -352,15 +325,7 @@ impl Admin for Client {
     }
 }
 
-/// A Surety dead-letter id is a number.
-fn dead_letter_id(id: &str) -> Result<u64, TransportError> {
-    id.parse().map_err(|_| {
-        TransportError::refused(
-            ErrorKind::InvalidInput,
-            format!("{id:?} is not a Surety dead-letter id (a number)"),
-        )
-    })
-}
+use surety_core::surety::dead_letter_id;
 
 fn selection(
     topic: &str,
@@ -432,4 +397,43 @@ fn topic_info(t: proto::TopicResponse) -> Result<TopicInfo, TransportError> {
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_patches_only_what_it_names() {
+        assert_eq!(config_patch(&TopicSpec::default()), "{}");
+        let spec = TopicSpec {
+            max_deliveries: Some(3),
+            ack_wait: Some(Duration::from_millis(1500)),
+            ..TopicSpec::default()
+        };
+        let patch: serde_json::Value = serde_json::from_str(&config_patch(&spec)).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!({"max_deliveries": 3, "ack_wait_ms": 1500})
+        );
+    }
+
+    #[test]
+    fn a_topic_description_says_what_its_confirm_means() {
+        let described = |durability: &str| proto::TopicResponse {
+            topic: "t".into(),
+            config_json: format!(
+                r#"{{"partitions":2,"max_deliveries":4,"ack_wait_ms":900,"durability":"{durability}"}}"#
+            ),
+            ..proto::TopicResponse::default()
+        };
+        let info = topic_info(described("fsync")).unwrap();
+        assert_eq!(
+            (info.partitions, info.max_deliveries, info.ack_wait),
+            (2, 4, Duration::from_millis(900))
+        );
+        assert!(info.confirm.survives_power_loss());
+        let info = topic_info(described("none")).unwrap();
+        assert!(!info.confirm.survives_power_loss());
+    }
 }

@@ -101,43 +101,6 @@ impl TransportError {
     }
 }
 
-/// What a Surety broker's stable code (docs/errors.md) means for the caller: its kind and
-/// whether a retry may help. The same codes reach the gRPC client and the in-process
-/// transport, so this is the one table for both. `None` for a code it does not know
-/// (the caller then decides from its own transport, e.g. the gRPC status).
-pub fn of_surety_code(code: &str) -> Option<(ErrorKind, Outcome)> {
-    use ErrorKind as K;
-    use Outcome::{Refused, Retryable, Unknown};
-    Some(match code {
-        // Refused on their merits: the same call fails the same way.
-        "invalid_name" => (K::InvalidName, Refused),
-        "invalid_config" | "invalid_message" | "invalid_request" | "invalid_json" => {
-            (K::InvalidInput, Refused)
-        }
-        "message_too_large" | "payload_too_large" => (K::TooLarge, Refused),
-        "topic_not_found" => (K::TopicNotFound, Refused),
-        "group_not_found" => (K::GroupNotFound, Refused),
-        "sequence_too_old" => (K::SequenceTooOld, Refused),
-        "unauthorized" => (K::Unauthorized, Refused),
-        "topic_busy" => (K::Other, Refused),
-        // Settlement refusals: the delivery is no longer this consumer's.
-        "receipt_invalid" => (K::UnknownReceipt, Refused),
-        "receipt_stale" | "not_delivered" => (K::Stale, Refused),
-        "lease_expired" => (K::LeaseExpired, Refused),
-        // The disk failed midway: the write may or may not be on it. A retry with the
-        // same stamps settles it (dedupe).
-        "storage_failure" => (K::Storage, Unknown),
-        // Refused up front after an earlier storage failure; a broker restart brings the
-        // topic back, and nothing of this call happened.
-        "topic_failed" => (K::Storage, Retryable),
-        // Stopped midway while shutting down: the outcome is unknown (docs/errors.md).
-        "shutting_down" => (K::ShuttingDown, Unknown),
-        // At open only: another broker holds the directory.
-        "directory_in_use" => (K::Unavailable, Retryable),
-        _ => return None,
-    })
-}
-
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.code {
@@ -158,19 +121,6 @@ mod tests {
         assert!(TransportError::unavailable("down").retryable());
         assert!(TransportError::timed_out("publish").retryable());
         assert!(!TransportError::refused(ErrorKind::TopicNotFound, "x").retryable());
-    }
-
-    #[test]
-    fn surety_codes_name_their_kind_and_outcome() {
-        assert_eq!(
-            of_surety_code("topic_not_found"),
-            Some((ErrorKind::TopicNotFound, Outcome::Refused))
-        );
-        assert_eq!(
-            of_surety_code("storage_failure"),
-            Some((ErrorKind::Storage, Outcome::Unknown))
-        );
-        assert_eq!(of_surety_code("internal"), None);
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`retry`]: [`RetryPolicy`], exponential backoff with jitter under a deadline.
 //! - [`gap`]: [`GapDetector`], end-to-end loss detection over producer sequences (G4).
 //! - [`message_id`]: [`MessageId`], the inbox's stable identity of a message.
+//! - [`surety`]: what Surety's own broker declares, shared by its gRPC and in-process
+//!   transports.
 
 pub mod capabilities;
 pub mod consumer;
@@ -24,6 +26,7 @@ pub mod message;
 pub mod message_id;
 pub mod producer;
 pub mod retry;
+pub mod surety;
 pub mod transport;
 
 pub use capabilities::{
@@ -31,7 +34,7 @@ pub use capabilities::{
     DeliveryCount, LeaseKind, Mechanism, NackDelay, Ordering, PublishDedupe, SettleAnswers,
 };
 pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ConsumerStats, StopHandle};
-pub use error::{ErrorKind, Outcome, TransportError, of_surety_code};
+pub use error::{ErrorKind, Outcome, TransportError};
 pub use gap::{GapDetector, GapStats, Observation};
 pub use message::{
     Batch, Delivery, Headers, Message, Position, Published, Receipt, StampedMessage,

@@ -9,7 +9,8 @@
 //! [`TransportError::code`].
 
 use surety_broker::BrokerError;
-use surety_core::{ErrorKind, Outcome, TransportError, of_surety_code};
+use surety_core::surety::of_code;
+use surety_core::{ErrorKind, Outcome, TransportError};
 
 /// The transport error for a broker error.
 pub fn transport_error(e: &BrokerError) -> TransportError {
@@ -18,16 +19,11 @@ pub fn transport_error(e: &BrokerError) -> TransportError {
     TransportError::new(kind, outcome, e.to_string()).with_code(code)
 }
 
-/// A refusal of this transport's own (not the broker's): input it cannot parse.
-pub(crate) fn invalid_input(message: impl Into<String>) -> TransportError {
-    TransportError::refused(ErrorKind::InvalidInput, message).with_code("invalid_request")
-}
-
-/// The shared table of Surety codes (`surety_core::of_surety_code`); a code it does not
+/// The shared table of Surety codes (`surety_core::surety::of_code`); a code it does not
 /// know yet is taken at its worst for a retry loop (it may have happened), so dedupe can
 /// settle it, rather than claimed to have done nothing.
 fn classify(code: &str) -> (ErrorKind, Outcome) {
-    of_surety_code(code).unwrap_or((ErrorKind::Other, Outcome::Unknown))
+    of_code(code).unwrap_or((ErrorKind::Other, Outcome::Unknown))
 }
 
 #[cfg(test)]
@@ -162,15 +158,5 @@ mod tests {
             classify("something_new"),
             (ErrorKind::Other, Outcome::Unknown)
         );
-    }
-
-    #[test]
-    fn junk_input_of_this_transport_is_typed() {
-        let e = invalid_input("after: not a number");
-        assert_eq!(
-            (e.kind, e.outcome),
-            (ErrorKind::InvalidInput, Outcome::Refused)
-        );
-        assert_eq!(e.code.as_deref(), Some("invalid_request"));
     }
 }

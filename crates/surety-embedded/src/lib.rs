@@ -40,12 +40,10 @@ mod session;
 
 use std::time::Duration;
 
-use surety_broker::{Broker, limits};
+use surety_broker::Broker;
 use surety_core::{
-    Admin, Batch, BoxFuture, Capabilities, Capable, Confirm, DeadLetterCap, DeadLetterPage,
-    DeadLetterStore, DeadLetters, DedupeWindow, DeliveryCount, LeaseKind, Mechanism, NackDelay,
-    Ordering, PublishAnswers, PublishDedupe, Publisher, Selection, Session, SettleAnswers,
-    Subscriber, Subscription, TopicInfo, TopicSpec, TransportError,
+    Admin, Batch, BoxFuture, Capabilities, Capable, DeadLetterPage, PublishAnswers, Publisher,
+    Selection, Session, Subscriber, Subscription, TopicInfo, TopicSpec, TransportError,
 };
 
 pub use error::transport_error;
@@ -78,47 +76,10 @@ impl InProcess {
 }
 
 /// What the broker does, said honestly (docs/seam.md §4, "in-process").
+/// A Surety broker's capabilities (`surety_core::surety`, shared with the gRPC
+/// transport); a test below holds them to this broker's own constants.
 fn capabilities() -> Capabilities {
-    Capabilities {
-        transport: "in-process",
-        // The producer window of `surety_broker::DedupeConfig` (the last 10 000 sequences
-        // per producer), kept across restarts.
-        publish_dedupe: PublishDedupe::Native {
-            window: DedupeWindow::Sequences(surety_broker::DedupeConfig::default().producer_window),
-        },
-        // A topic's `dedupe_window_ms`: 2 min unless the topic says otherwise (0 turns it
-        // off on that topic).
-        id_dedupe: Some(Duration::from_millis(
-            surety_broker::TopicConfig::default().dedupe_window_ms,
-        )),
-        // `Broker::publish` refuses a batch whole when one message is refused.
-        per_message_publish_answers: false,
-        // The default durability; a topic with `durability: none` says PageCache in its
-        // `TopicInfo::confirm`.
-        confirm: Confirm::FsyncedOnNode,
-        unknown_topic: Mechanism::Native,
-        per_message_settle: Mechanism::Native,
-        // Receipts are signed by the broker's key and name topic, group and delivery, so
-        // they are valid in any session of the same broker.
-        receipts_survive_reconnect: true,
-        settle_answers: SettleAnswers::Confirmed,
-        nack_delay: NackDelay::Native {
-            max: Duration::from_millis(limits::MAX_NACK_DELAY_MS),
-        },
-        delivery_count: DeliveryCount::Persistent,
-        lease: LeaseKind::PerMessage { extend: false },
-        dead_letters: DeadLetters {
-            store: DeadLetterStore::Native,
-            cap: DeadLetterCap::Broker,
-            now: false,
-        },
-        group_resend: Mechanism::Native,
-        ordering: Ordering::PerPartition,
-        delayed_publish: true,
-        max_credits: limits::MAX_CREDITS as u32,
-        // Per topic (`max_message_bytes`), checked by the broker.
-        max_message_bytes: None,
-    }
+    surety_core::surety::capabilities("in-process")
 }
 
 impl Capable for InProcess {
@@ -175,20 +136,12 @@ impl Subscriber for InProcess {
 }
 
 /// A dead-letter id of this transport: the broker's number.
-fn dead_letter_id(text: &str) -> Result<u64, TransportError> {
-    text.parse().map_err(|_| {
-        error::invalid_input(format!(
-            "dead-letter id {text:?} is not one of this broker's (a number)"
-        ))
-    })
-}
-
 fn selection(which: &Selection) -> Result<surety_broker::Selection, TransportError> {
     Ok(match which {
         Selection::All => surety_broker::Selection::All,
         Selection::Ids(ids) => surety_broker::Selection::Ids(
             ids.iter()
-                .map(|id| dead_letter_id(id))
+                .map(|id| surety_core::surety::dead_letter_id(id))
                 .collect::<Result<_, _>>()?,
         ),
     })
@@ -236,7 +189,7 @@ impl Admin for InProcess {
         limit: u32,
     ) -> BoxFuture<'a, Result<DeadLetterPage, TransportError>> {
         Box::pin(async move {
-            let after = after.map(dead_letter_id).transpose()?;
+            let after = after.map(surety_core::surety::dead_letter_id).transpose()?;
             let mut page = self
                 .broker
                 .dead_letter_page(topic, group, after, limit as usize)
@@ -294,10 +247,6 @@ mod tests {
 
     #[test]
     fn dead_letter_ids_are_numbers() {
-        assert_eq!(dead_letter_id("17").unwrap(), 17);
-        let e = dead_letter_id("x17").unwrap_err();
-        assert_eq!(e.kind, surety_core::ErrorKind::InvalidInput);
-        assert!(!e.retryable());
         assert!(selection(&Selection::Ids(vec!["1".into(), "-2".into()])).is_err());
         assert_eq!(
             selection(&Selection::Ids(vec!["1".into(), "2".into()])).unwrap(),
@@ -306,22 +255,22 @@ mod tests {
     }
 
     #[test]
-    fn the_capabilities_follow_the_broker_limits() {
-        let caps = capabilities();
+    fn the_shared_figures_are_this_brokers() {
+        use surety_broker::limits;
+        use surety_core::surety;
         assert_eq!(
-            caps.publish_dedupe,
-            PublishDedupe::Native {
-                window: DedupeWindow::Sequences(10_000)
-            }
+            surety::PRODUCER_WINDOW,
+            surety_broker::DedupeConfig::default().producer_window
         );
-        assert_eq!(caps.id_dedupe, Some(Duration::from_secs(120)));
-        assert_eq!(caps.max_credits, 10_000);
         assert_eq!(
-            caps.nack_delay,
-            NackDelay::Native {
-                max: Duration::from_secs(12 * 60 * 60)
-            }
+            surety::ID_DEDUPE_WINDOW,
+            Duration::from_millis(surety_broker::TopicConfig::default().dedupe_window_ms)
         );
-        assert!(!caps.dead_letters.now);
+        assert_eq!(
+            surety::MAX_NACK_DELAY,
+            Duration::from_millis(limits::MAX_NACK_DELAY_MS)
+        );
+        assert_eq!(surety::MAX_CREDITS as usize, limits::MAX_CREDITS);
+        assert!(!capabilities().dead_letters.now);
     }
 }
