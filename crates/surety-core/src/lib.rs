@@ -22,6 +22,7 @@ pub mod capabilities;
 pub mod consumer;
 pub mod error;
 pub mod gap;
+mod gather;
 pub mod message;
 pub mod message_id;
 pub mod producer;
@@ -40,7 +41,7 @@ pub use message::{
     Batch, Delivery, Headers, Message, Position, Published, Receipt, StampedMessage,
 };
 pub use message_id::MessageId;
-pub use producer::{Producer, ProducerBuilder, PublishError};
+pub use producer::{DEFAULT_LINGER, Producer, ProducerBuilder, PublishError};
 pub use retry::RetryPolicy;
 pub use transport::{
     Admin, BoxFuture, Capable, DeadLetter, DeadLetterPage, GroupInfo, PublishAnswers, Publisher,

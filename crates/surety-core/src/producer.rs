@@ -3,7 +3,9 @@
 //! retries. A retry after a lost answer is then recognised — by the broker where publish
 //! dedupe is native (answered with the original position, `duplicate: true`), by the
 //! consumer side elsewhere — instead of becoming a second message. Sends may run
-//! concurrently from one `&Producer`: pipelining is the transport's.
+//! concurrently from one `&Producer`: pipelining is the transport's. Concurrent
+//! single-message publishes are gathered into one request (`gather.rs`, the producer's
+//! `linger`), as the consumer gathers its acks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,13 +14,18 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::error::{ErrorKind, TransportError};
+use crate::gather::Gather;
 use crate::message::{Batch, Message, Published, StampedMessage};
 use crate::retry::RetryPolicy;
 use crate::transport::Publisher;
 
+/// How long a single publish may wait for others to share its request (see
+/// [`ProducerBuilder::linger`]).
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+
 /// Why a publish was not confirmed. In every case it is safe to send the same
 /// [`Batch`] again: its stamps make a second copy impossible.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {
     /// A message was refused on its merits (invalid, too large, unknown topic, auth):
@@ -42,18 +49,25 @@ pub enum PublishError {
 
 /// Publishes through one transport with its own id and sequences.
 pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+/// What a producer's spawned work (a gathered request) shares with it.
+pub(crate) struct Inner {
     publisher: Arc<dyn Publisher>,
     producer_id: Arc<str>,
     next_sequence: AtomicU64,
     retry: RetryPolicy,
+    pub(crate) gather: Gather,
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
-            .field("transport", &self.publisher.capabilities().transport)
-            .field("producer_id", &self.producer_id)
-            .field("next_sequence", &self.next_sequence)
+            .field("transport", &self.inner.publisher.capabilities().transport)
+            .field("producer_id", &self.inner.producer_id)
+            .field("next_sequence", &self.inner.next_sequence)
+            .field("linger", &self.inner.gather.linger())
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +77,7 @@ pub struct ProducerBuilder {
     publisher: Arc<dyn Publisher>,
     identity: Option<(String, u64)>,
     retry: RetryPolicy,
+    linger: Duration,
 }
 
 impl std::fmt::Debug for ProducerBuilder {
@@ -70,6 +85,7 @@ impl std::fmt::Debug for ProducerBuilder {
         f.debug_struct("ProducerBuilder")
             .field("identity", &self.identity)
             .field("retry", &self.retry)
+            .field("linger", &self.linger)
             .finish_non_exhaustive()
     }
 }
@@ -88,13 +104,27 @@ impl ProducerBuilder {
         self
     }
 
+    /// Single-message publishes ([`Producer::publish`]) made while another request of
+    /// this producer is in flight wait up to `linger` (default 1 ms) to share one request
+    /// — one round trip and one fsync on the broker for all of them, like Kafka's
+    /// `linger.ms`. A publish goes out at once when nothing of this producer is in
+    /// flight, or when 256 are waiting; `Duration::ZERO` turns gathering off. Explicit
+    /// batches (`publish_batch`, `send`) are never gathered.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
     pub fn build(self) -> Producer {
         let (producer_id, next) = self.identity.unwrap_or_else(|| (random_id(), 0));
         Producer {
-            publisher: self.publisher,
-            producer_id: producer_id.into(),
-            next_sequence: AtomicU64::new(next),
-            retry: self.retry,
+            inner: Arc::new(Inner {
+                publisher: self.publisher,
+                producer_id: producer_id.into(),
+                next_sequence: AtomicU64::new(next),
+                retry: self.retry,
+                gather: Gather::new(self.linger),
+            }),
         }
     }
 }
@@ -119,30 +149,34 @@ impl Producer {
             publisher,
             identity: None,
             retry: RetryPolicy::default(),
+            linger: DEFAULT_LINGER,
         }
     }
 
     pub fn producer_id(&self) -> &str {
-        &self.producer_id
+        &self.inner.producer_id
     }
 
     /// The transport this producer publishes through.
     pub fn publisher(&self) -> &Arc<dyn Publisher> {
-        &self.publisher
+        &self.inner.publisher
     }
 
     /// The sequence the next submitted message will get.
     pub fn next_sequence(&self) -> u64 {
-        self.next_sequence.load(Ordering::Relaxed)
+        self.inner.next_sequence.load(Ordering::Relaxed)
     }
 
     /// Publishes one message; returns once the transport confirmed it (what a confirm
-    /// means: `Capabilities::confirm`).
+    /// means: `Capabilities::confirm`). Concurrent calls share requests (`linger`).
     pub async fn publish(&self, topic: &str, message: Message) -> Result<Published, PublishError> {
-        let mut results = self.publish_batch(topic, vec![message]).await?;
-        results
-            .pop()
-            .ok_or(PublishError::Protocol { sent: 1, got: 0 })
+        if self.inner.gather.linger().is_zero() {
+            let mut results = self.publish_batch(topic, vec![message]).await?;
+            return results
+                .pop()
+                .ok_or(PublishError::Protocol { sent: 1, got: 0 });
+        }
+        Gather::publish(&self.inner, topic, message).await
     }
 
     /// Publishes messages in one request; returns once all are confirmed.
@@ -151,17 +185,14 @@ impl Producer {
         topic: &str,
         messages: Vec<Message>,
     ) -> Result<Vec<Published>, PublishError> {
-        let batch = self.prepare(messages);
-        self.send(topic, &batch).await
+        let batch = self.inner.prepare(messages);
+        self.inner.send(topic, &batch).await
     }
 
     /// Stamps messages with this producer's id and the next sequences. The batch may be
     /// sent any number of times: it is stored once.
     pub fn prepare(&self, messages: Vec<Message>) -> Batch {
-        let first = self
-            .next_sequence
-            .fetch_add(messages.len() as u64, Ordering::Relaxed);
-        self.prepare_sequenced(messages.into_iter().zip(first..))
+        self.inner.prepare(messages)
     }
 
     /// Stamps messages with this producer's id and sequences the caller chose, for a
@@ -171,21 +202,57 @@ impl Producer {
     /// contiguous or in order, but the broker checks only a window of the most recent
     /// ones (`sequence_too_old` below it). Does not move [`Producer::next_sequence`].
     pub fn prepare_sequenced(&self, messages: impl IntoIterator<Item = (Message, u64)>) -> Batch {
-        Batch::new(
-            messages
-                .into_iter()
-                .map(|(message, sequence)| StampedMessage {
-                    message,
-                    producer_id: self.producer_id.clone(),
-                    sequence,
-                })
-                .collect(),
-        )
+        Batch::new(self.inner.stamp_sequenced(messages))
     }
 
     /// Sends a batch, retrying what may succeed later (with backoff, until the retry
     /// deadline) with the same stamps; only the messages not yet confirmed are resent.
     pub async fn send(&self, topic: &str, batch: &Batch) -> Result<Vec<Published>, PublishError> {
+        self.inner.send(topic, batch).await
+    }
+}
+
+impl Inner {
+    fn prepare(&self, messages: Vec<Message>) -> Batch {
+        let first = self
+            .next_sequence
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        Batch::new(self.stamp_sequenced(messages.into_iter().zip(first..)))
+    }
+
+    /// Stamps one message with the next sequence.
+    pub(crate) fn stamp(&self, message: Message) -> StampedMessage {
+        StampedMessage {
+            message,
+            producer_id: self.producer_id.clone(),
+            sequence: self.next_sequence.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn stamp_sequenced(
+        &self,
+        messages: impl IntoIterator<Item = (Message, u64)>,
+    ) -> Vec<StampedMessage> {
+        messages
+            .into_iter()
+            .map(|(message, sequence)| StampedMessage {
+                message,
+                producer_id: self.producer_id.clone(),
+                sequence,
+            })
+            .collect()
+    }
+
+    /// Whether one refused message refuses the whole batch on this transport.
+    pub(crate) fn refuses_batches_whole(&self) -> bool {
+        !self.publisher.capabilities().per_message_publish_answers
+    }
+
+    pub(crate) async fn send(
+        &self,
+        topic: &str,
+        batch: &Batch,
+    ) -> Result<Vec<Published>, PublishError> {
         self.check(batch)?;
         let started = Instant::now();
         let mut answers: Vec<Option<Published>> = vec![None; batch.len()];
