@@ -1,11 +1,12 @@
 //! `surety-bench`: measurements of Surety's parts on this machine (`surety bench log|
-//! broker|server|outbox`), each against a baseline measured in the same run, printed and
-//! recorded in its own section of BENCHMARKS.md. The `surety` binary runs them; `bench
-//! server` starts that same binary (`surety serve`) as its server.
+//! broker|server|outbox|peer`), each against a baseline measured in the same run, printed
+//! and recorded in its own section of BENCHMARKS.md. The `surety` binary runs them; `bench
+//! server` and `bench peer` start that same binary (`surety serve`) as their server.
 
 mod broker;
 mod log;
 mod outbox;
+mod peer;
 mod progress;
 mod report;
 mod server;
@@ -54,6 +55,10 @@ enum Which {
     /// broker ack
     #[command(long_about = outbox::LONG_ABOUT, after_help = outbox::AFTER_HELP)]
     Outbox(outbox::OutboxArgs),
+    /// Surety next to Redis Streams (appendfsync always) and the raw disk, on one
+    /// workload and disk: msgs/s, latency, server CPU and fsyncs per message, and ratios
+    #[command(long_about = peer::LONG_ABOUT, after_help = peer::AFTER_HELP)]
+    Peer(peer::PeerArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -62,6 +67,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Broker(args) => broker::run(args),
         Which::Server(args) => server::run(args),
         Which::Outbox(args) => outbox::run(args),
+        Which::Peer(args) => peer::run(args),
     }
 }
 

@@ -21,8 +21,8 @@ use super::{
     ratio, runtime_workers,
 };
 
-/// Records per write in the batched raw baseline.
-const RAW_BATCH_RECORDS: usize = 100;
+/// Records per write in the batched raw baseline (also `bench peer`'s raw-disk row).
+pub(super) const RAW_BATCH_RECORDS: usize = 100;
 /// surety-log with this many appenders should reach this share of the raw batched rate.
 const THROUGHPUT_TARGET_APPENDERS: usize = 256;
 const THROUGHPUT_TARGET: f64 = 0.70;
@@ -359,7 +359,7 @@ fn targets(batched: &Row, per_message: &Row, log_rows: &[Row]) -> Vec<Ratio> {
 }
 
 /// Measures `batch_records` records per write + fdatasync, straight on the file system.
-fn measure_raw(
+pub(super) fn measure_raw(
     dir: &Path,
     batch_records: usize,
     record_bytes: usize,

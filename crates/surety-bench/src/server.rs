@@ -451,15 +451,15 @@ fn targets(closed: &Row, open: &OpenRow) -> Vec<Target> {
 
 /// A `surety serve` child process: this very binary, on a free loopback port.
 #[derive(Debug)]
-struct Serve {
+pub(super) struct Serve {
     /// `None` once stopped.
     child: Option<Child>,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Serve {
     /// Starts the server and waits for its ready line; its stderr goes to `stderr_path`.
-    fn start(data: &Path, stderr_path: &Path) -> Result<Self> {
+    pub(super) fn start(data: &Path, stderr_path: &Path) -> Result<Self> {
         let exe = std::env::current_exe().context("finding the surety binary")?;
         let stderr = File::create(stderr_path)
             .with_context(|| format!("creating {}", stderr_path.display()))?;
@@ -520,26 +520,18 @@ impl Serve {
 
     /// SIGTERM, then waits for a clean exit (a kill after SERVE_TIMEOUT). On an early
     /// error return the child stays in `self`, so that drop kills and reaps it.
-    fn stop(mut self) -> Result<()> {
+    pub(super) fn stop(mut self) -> Result<()> {
         let child = self.child.as_mut().expect("not stopped yet");
-        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
-        // SAFETY: kill(2) on our own, not yet reaped child has no memory preconditions.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + SERVE_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                if !status.success() {
-                    bail!("surety serve exited with {status}");
-                }
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                bail!("surety serve did not stop within {SERVE_TIMEOUT:?} of SIGTERM; killed");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let stopped = terminate(child, "surety serve");
+        if stopped.is_ok() {
+            self.child = None;
         }
+        stopped
+    }
+
+    /// The server's process id, for its CPU time in /proc.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not stopped yet").id()
     }
 
     fn kill(&mut self) {
@@ -553,6 +545,29 @@ impl Serve {
 impl Drop for Serve {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// SIGTERM to a child benchmark server, then waits up to SERVE_TIMEOUT for it to exit
+/// successfully; kills and reaps it if it does not. `what` names it in errors.
+pub(super) fn terminate(child: &mut Child, what: &str) -> Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+    // SAFETY: kill(2) on our own, not yet reaped child has no memory preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{what} exited with {status}");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not stop within {SERVE_TIMEOUT:?} of SIGTERM; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,5 +1,6 @@
-//! Runs the built `surety` binary end to end: very short `bench log`, `bench broker` and
-//! `bench server` runs must produce complete JSON, write no Markdown, and leave no benchmark files behind.
+//! Runs the built `surety` binary end to end: very short `bench log`, `bench broker`,
+//! `bench server` and `bench peer` runs must produce complete JSON, write no Markdown, and
+//! leave no benchmark files behind.
 
 use std::process::Command;
 
@@ -198,6 +199,85 @@ fn bench_server_json() {
     assert_eq!(v["settings"]["partitions"].as_u64(), Some(2));
 
     // The spawned server was stopped and its data removed with ./surety-bench.
+    let left: Vec<_> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn bench_peer_json() {
+    // The Redis baseline needs redis-server: required under CI=true, skipped otherwise.
+    if let Err(e) = Command::new("redis-server").arg("--version").output() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("redis-server is required under CI=true for bench peer: {e}");
+        }
+        eprintln!("SKIPPED: redis-server not found ({e}); install it to run this test");
+        return;
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_surety"))
+        .args([
+            "bench",
+            "peer",
+            "--seconds",
+            "1",
+            "--runs",
+            "1",
+            "--producers",
+            "2",
+            "--in-flight",
+            "4",
+            "--consumers",
+            "1",
+            "--no-write",
+            "--json",
+        ])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "surety failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let kinds: Vec<&str> = v["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["raw", "surety", "redis"]);
+    for field in ["publish_msgs_per_sec", "publish_p50_us", "publish_p99_us"] {
+        for t in 0..3 {
+            positive(&v, &format!("/targets/{t}/median/{field}"));
+        }
+    }
+    positive(&v, "/targets/0/median/fsyncs_per_msg");
+    for t in [1, 2] {
+        for field in [
+            "end_to_end_msgs_per_sec",
+            "end_to_end_p99_us",
+            "server_cpu_us_per_msg",
+        ] {
+            positive(&v, &format!("/targets/{t}/median/{field}"));
+        }
+        assert_eq!(v["targets"][t]["runs"].as_array().unwrap().len(), 1);
+    }
+    positive(&v, "/targets/1/median/fsyncs_per_msg");
+    // Redis counts no fsyncs.
+    assert!(v["targets"][2]["median"]["fsyncs_per_msg"].is_null());
+    let ratios = v["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 7, "{ratios:#?}");
+    for i in 0..ratios.len() {
+        positive(&v, &format!("/ratios/{i}/value"));
+    }
+    assert_eq!(v["settings"]["in_flight_per_producer"].as_u64(), Some(4));
+    assert!(v["settings"]["redis_version"].as_str().is_some());
+
+    // Both servers stopped, their data removed with ./surety-bench.
     let left: Vec<_> = std::fs::read_dir(cwd.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
