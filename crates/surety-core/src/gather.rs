@@ -94,9 +94,11 @@ impl Gather {
         if let Some(waiting) = send_now {
             tokio::spawn(send(inner.clone(), topic.to_owned(), waiting));
         }
+        // Every answer sender is answered before it is dropped; a panic in the send task
+        // would drop it unanswered.
         answered
             .await
-            .unwrap_or_else(|_| Err(PublishError::Protocol { sent: 1, got: 0 }))
+            .unwrap_or(Err(PublishError::Protocol { sent: 1, got: 0 }))
     }
 }
 
