@@ -1171,7 +1171,7 @@ mod tests {
                 answers(&mut live, &keys, now)
             );
         }
-        // Least recently used order survives: "p" was used last, so "q✓" goes first.
+        // Least recently used order survives: "q✓" was used last, so "p" goes first.
         let mut one = DedupeTable::from_snapshot(
             DedupeConfig {
                 max_producers: 1,
@@ -1180,10 +1180,11 @@ mod tests {
             decode_snapshot(&bytes).unwrap(),
         );
         assert!(matches!(
-            one.begin(&seq("p", 24), 0),
+            one.begin(&seq("q✓", 3), 0),
             Begin::Duplicate { .. }
         ));
-        assert!(matches!(one.begin(&seq("q✓", 0), 0), Begin::New(_)));
+        assert!(matches!(one.begin(&seq("p", 24), 0), Begin::New(_)));
+        assert_eq!(one.stats().evicted_producers, 1);
     }
 
     #[test]
