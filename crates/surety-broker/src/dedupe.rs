@@ -23,12 +23,48 @@
 //!
 //! Only durable writes enter the table (a reservation is not an entry), so the table is
 //! always a function of what the log holds: after a restart [`DedupeTable::rebuild_from`]
-//! rebuilds it from the stored records and it answers as before for every key inside the
-//! windows. That holds if the scan covers every record inside a window: for ids, all
-//! records younger than `id_window_ms` (the topic config keeps the window within
-//! retention's `max_age_ms`; a `max_bytes` limit can still delete them); for producers,
-//! each producer's last `producer_window` sequences, which no time bound covers, so the
-//! broker scans the retained log.
+//! (or [`DedupeTable::replay`], one record at a time) rebuilds it from the stored records
+//! and it answers as before for every key inside the windows. That holds if the scan
+//! covers every record inside a window: for ids, all records younger than `id_window_ms`
+//! (the topic config keeps the window within retention's `max_age_ms`; a `max_bytes`
+//! limit can still delete them); for producers, each producer's last `producer_window`
+//! sequences, which no time bound covers, so a scan must read the whole retained log.
+//!
+//! ## Snapshots: a restart that does not grow with the log
+//!
+//! So that a restart does not read the whole log, the broker keeps a snapshot of the
+//! table per topic (`dedupe.snapshot`, [`DedupeTable::encode_snapshot`], format in
+//! docs/broker.md): the entries for the records of partition `p` below `covered[p]`.
+//! Open restores it ([`DedupeTable::from_snapshot`]) and replays only the records from
+//! `covered[p]` on. It never makes an answer wrong:
+//!
+//! - `covered[p]` is at most the partition's durable end and below every publish still
+//!   in flight on it (the broker registers each publish's floor before it submits), so
+//!   every record below it with keys was committed before the snapshot was encoded.
+//!   Entries at or above it are left out; the replay brings them back if the log holds
+//!   them. Replaying a record the table already has changes nothing, so overlap is fine.
+//! - A snapshot older than the log just means a longer replay (it is still true of every
+//!   record below its offsets).
+//! - A missing or damaged one (CRC-32C over the file), one covering more of a partition
+//!   than the log holds (records lost to a repair or to `durability: none`: offsets get
+//!   reused), one with more partitions than the topic, or one taken under smaller
+//!   limits than now ([`DedupeSnapshot::usable_under`]: a larger window would have kept
+//!   entries it dropped) is not used: the table is rebuilt from the whole retained log,
+//!   with a warning. Never a refusal to start.
+//!
+//! When snapshots are written (`DedupeSnapshotPolicy`): in the background after a
+//! publish once the records since the last snapshot reach `max(100,000, entries in the
+//! last snapshot)` or their payload bytes `max(256 MiB, 4 × the last snapshot's size)`;
+//! on a clean close; and at open after a replay that long. Why: a snapshot costs time
+//! and bytes in proportion to the table (bounded by the windows), a replay in
+//! proportion to the tail; tying the one to the other bounds both. A crash replays at
+//! most about `max(100,000 records, table size)` or `max(256 MiB, 4 × snapshot)` of log
+//! (plus what was published while the last snapshot was written), whatever the log's
+//! size; and snapshots rewrite at most about one table entry per record appended, or
+//! a quarter of the bytes appended. Not on segment roll: a segment is 64 MiB by
+//! default but can be 1 GiB, and time since the last roll says nothing about the
+//! table's size. The snapshot is encoded under the table's lock (publishes wait for
+//! that: milliseconds for a full table of 2 million sequences, and amortized as above).
 //!
 //! Memory is bounded: per producer only the last `producer_window` sequences, at most
 //! `max_producers` producers and `max_sequences` sequences in all, ids only inside the
