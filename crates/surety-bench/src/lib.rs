@@ -8,6 +8,7 @@ mod log;
 mod outbox;
 mod progress;
 mod report;
+mod restart;
 mod server;
 /// Plain-text tables, also the `surety` CLI's human output.
 pub mod table;
@@ -54,6 +55,10 @@ enum Which {
     /// broker ack
     #[command(long_about = outbox::LONG_ABOUT, after_help = outbox::AFTER_HELP)]
     Outbox(outbox::OutboxArgs),
+    /// Restart of `surety serve` over a large retained log: seconds to a healthy
+    /// /healthz and memory after open, clean, after kill -9 and without a dedupe snapshot
+    #[command(long_about = restart::LONG_ABOUT, after_help = restart::AFTER_HELP)]
+    Restart(restart::RestartArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -62,6 +67,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Broker(args) => broker::run(args),
         Which::Server(args) => server::run(args),
         Which::Outbox(args) => outbox::run(args),
+        Which::Restart(args) => restart::run(args),
     }
 }
 
