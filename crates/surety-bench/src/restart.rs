@@ -74,6 +74,10 @@ pub struct RestartArgs {
     #[arg(long, value_name = "PATH")]
     before: Option<PathBuf>,
 
+    /// How the report names the --before binary [default: its path]
+    #[arg(long, value_name = "TEXT", requires = "before")]
+    before_label: Option<String>,
+
     /// Directory for the data; a fresh subdirectory is made inside it and removed
     /// afterwards [default: ./surety-bench, created if missing and removed if left empty]
     #[arg(long, value_name = "DIR")]
@@ -145,6 +149,8 @@ struct Row {
     /// From the server's "dedupe table rebuilt" log line, where it prints one.
     records_scanned: Option<u64>,
     from_snapshot: Option<bool>,
+    /// The machine's 1-minute load average just before the start (2 cores shared).
+    load_average: f64,
 }
 
 pub fn run(args: RestartArgs) -> Result<()> {
@@ -274,7 +280,11 @@ fn measure_size(
             crash_tail: args.crash_tail,
             cold_page_cache: args.cold,
             fill_seconds,
-            before_binary: args.before.as_ref().map(|p| p.display().to_string()),
+            before_binary: args.before.as_ref().map(|p| {
+                args.before_label
+                    .clone()
+                    .unwrap_or_else(|| p.display().to_string())
+            }),
             after_binary: after_exe.display().to_string(),
         },
         rows,
@@ -366,6 +376,7 @@ struct Sample {
     seconds_to_healthy: f64,
     rss_bytes: u64,
     peak_rss_bytes: u64,
+    load_average: f64,
 }
 
 impl Sample {
@@ -389,6 +400,10 @@ impl Sample {
                 cmd.env_remove(k);
             }
         }
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
         let started = Instant::now();
         let mut child = cmd
             .spawn()
@@ -441,6 +456,7 @@ impl Sample {
             seconds_to_healthy,
             rss_bytes: kib("VmRSS:"),
             peak_rss_bytes: kib("VmHWM:"),
+            load_average,
             child,
             stderr_path: stderr_path.to_path_buf(),
         })
@@ -496,6 +512,7 @@ impl Sample {
             peak_rss_bytes: self.peak_rss_bytes,
             records_scanned: field("records_scanned").and_then(|v| v.parse().ok()),
             from_snapshot: field("from_snapshot").and_then(|v| v.parse().ok()),
+            load_average: self.load_average,
         }
     }
 }
@@ -527,6 +544,7 @@ fn results_table(rows: &[Row]) -> Table {
         ("to healthy", Align::Right),
         ("RSS after open", Align::Right),
         ("peak RSS", Align::Right),
+        ("load avg", Align::Right),
     ]);
     for r in rows {
         t.row(vec![
@@ -537,6 +555,7 @@ fn results_table(rows: &[Row]) -> Table {
             format!("{} s", fmt_secs(r.seconds_to_healthy)),
             mib(r.rss_bytes),
             mib(r.peak_rss_bytes),
+            format!("{:.1}", r.load_average),
         ]);
     }
     t
@@ -579,7 +598,10 @@ fn markdown_report(result: &RestartBenchResult) -> String {
     out.push_str(
         "\n\"to healthy\": from starting `surety serve` to its first `200` on `/healthz` (it \
          binds after the broker is open). RSS: the server's VmRSS then, and its VmHWM \
-         (peak). Records scanned: from the server's `dedupe table rebuilt` log line.\n",
+         (peak). Records scanned: from the server's `dedupe table rebuilt` log line. Load \
+         avg: the machine's 1-minute load average before the start (2 cores, shared). With \
+         no record to replay, the time left is surety-log's own open, which CRC-checks \
+         every record of every segment (`VerifyOnOpen::All`, what the broker uses).\n",
     );
     for run in &result.runs {
         let s = &run.settings;
