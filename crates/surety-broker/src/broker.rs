@@ -932,8 +932,9 @@ impl Broker {
     }
 
     /// Writes `topic`'s dedupe snapshot now (atomically and durably), so that the next
-    /// open replays only what is published after this. The broker does this on its own
-    /// ([`DedupeSnapshotPolicy`], [`Broker::close`]); this is for tests and tools.
+    /// open replays only what is published after this; nothing for a topic stopped by a
+    /// failed write. The broker does this on its own ([`DedupeSnapshotPolicy`],
+    /// [`Broker::close`]); this is for tests and tools.
     pub fn snapshot_dedupe(&self, topic_name: &str) -> Result<(), BrokerError> {
         let topic = self.topic(topic_name)?;
         write_dedupe_snapshot(&topic, self.now())
@@ -2421,8 +2422,14 @@ impl Broker {
         let Some(topic) = self.inner.topics.write().unwrap().remove(topic_name) else {
             return Err(BrokerError::TopicNotFound(topic_name.to_owned()));
         };
-        // Work still holding the topic fails on closed logs from here on.
-        let _ = topic.failed.set("the topic was deleted".into());
+        // Work still holding the topic fails on closed logs from here on. Under the dedupe
+        // snapshot lock: a background snapshot either finished (inside the directory about
+        // to go) or sees the topic failed and writes nothing, so none can land in a
+        // re-created topic of the same name.
+        {
+            let _no_snapshot = topic.dedupe_snapshot_lock.lock().unwrap();
+            let _ = topic.failed.set("the topic was deleted".into());
+        }
         for log in topic.partitions.read().unwrap().iter() {
             log.close();
         }
@@ -2634,9 +2641,13 @@ fn replay_dedupe(
 }
 
 /// Writes `topic`'s dedupe snapshot: encoded under the table's lock (so it matches the
-/// `covered` offsets read there), then written atomically and durably.
+/// `covered` offsets read there), then written atomically and durably. Writes nothing for
+/// a failed or deleted topic (its restart replays more; never wrong).
 fn write_dedupe_snapshot(topic: &Topic, now: Millis) -> Result<(), BrokerError> {
     let _one_writer = topic.dedupe_snapshot_lock.lock().unwrap();
+    if topic.failed.get().is_some() {
+        return Ok(());
+    }
     let partitions = topic.partitions.read().unwrap().clone();
     let (bytes, tail, entries) = {
         let state = topic.dedupe.lock().unwrap();

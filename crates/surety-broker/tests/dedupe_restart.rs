@@ -518,3 +518,22 @@ async fn run_ops(ops: Vec<Op>) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_topic_does_not_inherit_the_deleted_ones_dedupe() {
+    let env = Env::new();
+    let b = env.open();
+    topic(&b).await;
+    publish_some(&b, 0).await;
+    b.snapshot_dedupe(TOPIC).unwrap();
+    b.delete_topic(TOPIC, true).await.unwrap();
+    topic(&b).await;
+    // The same stamps and ids are new in the new topic, and stay its own after restarts.
+    let sent = publish_some(&b, 0).await;
+    assert!(sent.iter().all(|(_, r)| !r.duplicate));
+    b.close();
+    drop(b);
+    let b = env.open();
+    assert!(b.dedupe_recovery(TOPIC).unwrap().from_snapshot);
+    assert_retries_are_duplicates(&b, &sent).await;
+}
