@@ -9,6 +9,7 @@ mod outbox;
 mod peer;
 mod progress;
 mod report;
+mod restart;
 mod server;
 /// Plain-text tables, also the `surety` CLI's human output.
 pub mod table;
@@ -59,6 +60,10 @@ enum Which {
     /// workload and disk: msgs/s, latency, server CPU and fsyncs per message, and ratios
     #[command(long_about = peer::LONG_ABOUT, after_help = peer::AFTER_HELP)]
     Peer(peer::PeerArgs),
+    /// Restart of `surety serve` over a large retained log: seconds to a healthy
+    /// /healthz and memory after open, clean, after kill -9 and without a dedupe snapshot
+    #[command(long_about = restart::LONG_ABOUT, after_help = restart::AFTER_HELP)]
+    Restart(restart::RestartArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -68,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Server(args) => server::run(args),
         Which::Outbox(args) => outbox::run(args),
         Which::Peer(args) => peer::run(args),
+        Which::Restart(args) => restart::run(args),
     }
 }
 

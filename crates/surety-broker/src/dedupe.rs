@@ -23,12 +23,48 @@
 //!
 //! Only durable writes enter the table (a reservation is not an entry), so the table is
 //! always a function of what the log holds: after a restart [`DedupeTable::rebuild_from`]
-//! rebuilds it from the stored records and it answers as before for every key inside the
-//! windows. That holds if the scan covers every record inside a window: for ids, all
-//! records younger than `id_window_ms` (the topic config keeps the window within
-//! retention's `max_age_ms`; a `max_bytes` limit can still delete them); for producers,
-//! each producer's last `producer_window` sequences, which no time bound covers, so the
-//! broker scans the retained log.
+//! (or [`DedupeTable::replay`], one record at a time) rebuilds it from the stored records
+//! and it answers as before for every key inside the windows. That holds if the scan
+//! covers every record inside a window: for ids, all records younger than `id_window_ms`
+//! (the topic config keeps the window within retention's `max_age_ms`; a `max_bytes`
+//! limit can still delete them); for producers, each producer's last `producer_window`
+//! sequences, which no time bound covers, so a scan must read the whole retained log.
+//!
+//! ## Snapshots: a restart that does not grow with the log
+//!
+//! So that a restart does not read the whole log, the broker keeps a snapshot of the
+//! table per topic (`dedupe.snapshot`, [`DedupeTable::encode_snapshot`], format in
+//! docs/broker.md): the entries for the records of partition `p` below `covered[p]`.
+//! Open restores it ([`DedupeTable::from_snapshot`]) and replays only the records from
+//! `covered[p]` on. It never makes an answer wrong:
+//!
+//! - `covered[p]` is at most the partition's durable end and below every publish still
+//!   in flight on it (the broker registers each publish's floor before it submits), so
+//!   every record below it with keys was committed before the snapshot was encoded.
+//!   Entries at or above it are left out; the replay brings them back if the log holds
+//!   them. Replaying a record the table already has changes nothing, so overlap is fine.
+//! - A snapshot older than the log just means a longer replay (it is still true of every
+//!   record below its offsets).
+//! - A missing or damaged one (CRC-32C over the file), one covering more of a partition
+//!   than the log holds (records lost to a repair or to `durability: none`: offsets get
+//!   reused), one with more partitions than the topic, or one taken under smaller
+//!   limits than now ([`DedupeSnapshot::usable_under`]: a larger window would have kept
+//!   entries it dropped) is not used: the table is rebuilt from the whole retained log,
+//!   with a warning. Never a refusal to start.
+//!
+//! When snapshots are written (`DedupeSnapshotPolicy`): in the background after a
+//! publish once the records since the last snapshot reach `max(100,000, entries in the
+//! last snapshot)` or their payload bytes `max(256 MiB, 4 × the last snapshot's size)`;
+//! on a clean close; and at open after a replay that long. Why: a snapshot costs time
+//! and bytes in proportion to the table (bounded by the windows), a replay in
+//! proportion to the tail; tying the one to the other bounds both. A crash replays at
+//! most about `max(100,000 records, table size)` or `max(256 MiB, 4 × snapshot)` of log
+//! (plus what was published while the last snapshot was written), whatever the log's
+//! size; and snapshots rewrite at most about one table entry per record appended, or
+//! a quarter of the bytes appended. Not on segment roll: a segment is 64 MiB by
+//! default but can be 1 GiB, and time since the last roll says nothing about the
+//! table's size. The snapshot is encoded under the table's lock (publishes wait for
+//! that: milliseconds for a full table of 2 million sequences, and amortized as above).
 //!
 //! Memory is bounded: per producer only the last `producer_window` sequences, at most
 //! `max_producers` producers and `max_sequences` sequences in all, ids only inside the
@@ -344,24 +380,42 @@ impl DedupeTable {
     /// in any order: the durable records found in the partition logs after a restart.
     /// Call it when no append is in flight. See the module docs for how far back to scan.
     pub fn rebuild_from(&mut self, records: impl IntoIterator<Item = StoredKey>) {
+        self.clear();
+        for r in records {
+            self.replay(r);
+        }
+    }
+
+    /// Forgets every entry and reservation (the counters stay).
+    pub fn clear(&mut self) {
         self.producers.clear();
         self.lru.clear();
         self.sequences = 0;
         self.ids.clear();
         self.id_expiry.clear();
         self.in_progress.clear();
-        for r in records {
-            let at = Stored {
-                partition: r.partition,
-                offset: r.offset,
-            };
-            if let Some((producer_id, sequence)) = r.producer {
-                self.record_sequence(producer_id, sequence, at);
-            }
-            if let Some(id) = r.id {
-                self.record_id(id, at, r.timestamp);
-            }
+    }
+
+    /// Adds one durable record read back from a partition log, as [`Self::rebuild_from`]
+    /// does for each: what a restart calls for every record it scans, one at a time, so
+    /// a scan never holds more than the record at hand. Replaying a record the table
+    /// already holds changes nothing, which is what lets a snapshot's tail overlap it.
+    pub fn replay(&mut self, r: StoredKey) {
+        let at = Stored {
+            partition: r.partition,
+            offset: r.offset,
+        };
+        if let Some((producer_id, sequence)) = r.producer {
+            self.record_sequence(producer_id, sequence, at);
         }
+        if let Some(id) = r.id {
+            self.record_id(id, at, r.timestamp);
+        }
+    }
+
+    /// Entries held (sequences plus ids): what a snapshot of the table writes.
+    pub fn entries(&self) -> u64 {
+        (self.sequences + self.ids.len()) as u64
     }
 
     pub fn stats(&self) -> DedupeStats {
@@ -446,6 +500,332 @@ impl DedupeTable {
             self.sequences -= p.seqs.len();
             self.evicted_producers += 1;
         }
+    }
+}
+
+// The snapshot file: the table's entries below a point of each partition log, so that a
+// restart replays only the log after that point (see the module docs and docs/broker.md).
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SURETYDD";
+/// Version of the dedupe snapshot format (docs/broker.md, "dedupe.snapshot").
+pub const SNAPSHOT_VERSION: u16 = 1;
+
+/// Why dedupe snapshot bytes were refused. A refused snapshot is never used: the broker
+/// rebuilds the table from the whole retained log instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    #[error("not a dedupe snapshot (bad magic)")]
+    Magic,
+    #[error("unsupported dedupe snapshot version {0}")]
+    Version(u16),
+    #[error("dedupe snapshot checksum mismatch")]
+    Crc,
+    #[error("dedupe snapshot ends early")]
+    Short,
+    #[error("trailing bytes after the dedupe snapshot")]
+    Trailing,
+    #[error("text in the dedupe snapshot is not UTF-8")]
+    Utf8,
+    #[error("a count in the dedupe snapshot is larger than the bytes that follow")]
+    Count,
+}
+
+/// A decoded dedupe snapshot: the entries a table held for the records of partition `p`
+/// below `covered[p]`, and the limits it was kept under. Restore it with
+/// [`DedupeTable::from_snapshot`], then [`DedupeTable::replay`] every record from
+/// `covered[p]` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeSnapshot {
+    /// The broker's clock when it was taken.
+    pub taken_at: Millis,
+    /// The limits the table was kept under: entries beyond them were already dropped.
+    pub config: DedupeConfig,
+    /// Per partition: every record below this offset is reflected; none at or above is.
+    pub covered: Vec<u64>,
+    /// Least recently used first.
+    producers: Vec<SnapshotProducer>,
+    /// Oldest first.
+    ids: Vec<SnapshotId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SnapshotProducer {
+    producer_id: String,
+    highest: u64,
+    seqs: Vec<(u64, Stored)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SnapshotId {
+    id: String,
+    stored_at: Millis,
+    at: Stored,
+}
+
+impl DedupeSnapshot {
+    /// Whether a table under `config` may start from this snapshot: only if no limit
+    /// grew since it was taken. A larger producer window (or id window, or cap) would
+    /// have kept entries the snapshot dropped, and answering `New` for one of them would
+    /// store a retry twice; then the caller must rebuild from the whole log. Returns the
+    /// reason when not.
+    pub fn usable_under(&self, config: &DedupeConfig) -> Result<(), String> {
+        let was = &self.config;
+        let grown = [
+            (
+                "producer_window",
+                config.producer_window.max(1),
+                was.producer_window.max(1),
+            ),
+            (
+                "max_producers",
+                config.max_producers as u64,
+                was.max_producers as u64,
+            ),
+            (
+                "max_sequences",
+                config.max_sequences as u64,
+                was.max_sequences as u64,
+            ),
+            ("id_window_ms", config.id_window_ms, was.id_window_ms),
+        ]
+        .into_iter()
+        .find(|(_, now, then)| now > then);
+        match grown {
+            Some((name, now, then)) => Err(format!(
+                "{name} grew from {then} to {now} since the dedupe snapshot was taken"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Sequences plus ids in the snapshot.
+    pub fn entries(&self) -> u64 {
+        let seqs: usize = self.producers.iter().map(|p| p.seqs.len()).sum();
+        (seqs + self.ids.len()) as u64
+    }
+}
+
+impl DedupeTable {
+    /// Encodes the table as a snapshot that covers, per partition `p`, every record below
+    /// `covered[p]`: the caller guarantees each such record with keys was committed here.
+    /// Entries at or above `covered[p]` (or of a partition past `covered`) are left out:
+    /// the tail replay brings them back if the log still holds them, and if it does not
+    /// (a record lost with `durability: none`) they must not answer for it. A producer's
+    /// highest sequence is kept even then, so its window never moves down. Reservations
+    /// are not entries and are not written. Format: docs/broker.md.
+    pub fn encode_snapshot(&self, covered: &[u64], taken_at: Millis) -> Vec<u8> {
+        let inside = |at: &Stored| {
+            covered
+                .get(at.partition as usize)
+                .is_some_and(|&c| at.offset < c)
+        };
+        let mut w = Vec::with_capacity(64 + self.entries() as usize * 24);
+        w.extend_from_slice(SNAPSHOT_MAGIC);
+        w.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        put_u64(&mut w, taken_at);
+        put_u64(&mut w, self.config.producer_window);
+        put_u64(&mut w, self.config.max_producers as u64);
+        put_u64(&mut w, self.config.max_sequences as u64);
+        put_u64(&mut w, self.config.id_window_ms);
+        put_u32(&mut w, covered.len() as u32);
+        for &c in covered {
+            put_u64(&mut w, c);
+        }
+        put_u32(&mut w, self.lru.len() as u32);
+        for producer_id in self.lru.values() {
+            let p = &self.producers[producer_id];
+            put_str(&mut w, producer_id);
+            put_u64(&mut w, p.highest);
+            let count_at = w.len();
+            put_u32(&mut w, 0);
+            let mut n = 0u32;
+            for (&s, at) in p.seqs.iter().filter(|(_, at)| inside(at)) {
+                put_u64(&mut w, s);
+                put_u32(&mut w, at.partition);
+                put_u64(&mut w, at.offset);
+                n += 1;
+            }
+            w[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
+        }
+        let count_at = w.len();
+        put_u32(&mut w, 0);
+        let mut n = 0u32;
+        for (stored_at, id) in &self.id_expiry {
+            let e = &self.ids[id];
+            if inside(&e.at) {
+                put_str(&mut w, id);
+                put_u64(&mut w, *stored_at);
+                put_u32(&mut w, e.at.partition);
+                put_u64(&mut w, e.at.offset);
+                n += 1;
+            }
+        }
+        w[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
+        let crc = crc32c::crc32c(&w);
+        put_u32(&mut w, crc);
+        w
+    }
+
+    /// A table under `config` holding what `snapshot` holds (trimmed to `config` where it
+    /// is smaller; see [`DedupeSnapshot::usable_under`] for when it may not be larger).
+    pub fn from_snapshot(config: DedupeConfig, snapshot: DedupeSnapshot) -> DedupeTable {
+        let mut t = DedupeTable::new(config);
+        for p in snapshot.producers {
+            t.restore_producer(p);
+        }
+        for i in snapshot.ids {
+            t.record_id(i.id, i.at, i.stored_at);
+        }
+        t
+    }
+
+    fn restore_producer(&mut self, p: SnapshotProducer) {
+        let window = self.window();
+        let SnapshotProducer {
+            producer_id,
+            highest,
+            seqs,
+        } = p;
+        if let Some(old) = self.producers.remove(&producer_id) {
+            // Only a snapshot that names a producer twice gets here.
+            self.lru.remove(&old.used);
+            self.sequences -= old.seqs.len();
+        }
+        while self.producers.len() >= self.config.max_producers.max(1) {
+            self.evict_lru();
+        }
+        let oldest = highest.saturating_sub(window - 1);
+        let seqs: BTreeMap<u64, Stored> = seqs
+            .into_iter()
+            .filter(|&(s, _)| s >= oldest && s <= highest)
+            .collect();
+        self.sequences += seqs.len();
+        self.producers.insert(
+            producer_id.clone(),
+            Producer {
+                highest,
+                seqs,
+                used: 0,
+            },
+        );
+        self.touch(&producer_id);
+        while self.sequences > self.config.max_sequences && self.producers.len() > 1 {
+            self.evict_lru();
+        }
+    }
+}
+
+/// Decodes what [`DedupeTable::encode_snapshot`] wrote, checking magic, version and the
+/// CRC-32C first. Never panics, whatever the bytes; never allocates more than they can
+/// hold.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<DedupeSnapshot, SnapshotError> {
+    if bytes.len() < SNAPSHOT_MAGIC.len() + 2 + 4 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(SnapshotError::Magic);
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if u32::from_le_bytes(crc.try_into().unwrap()) != crc32c::crc32c(body) {
+        return Err(SnapshotError::Crc);
+    }
+    let mut r = SnapReader(&body[8..]);
+    let version = u16::from_le_bytes(r.take(2)?.try_into().unwrap());
+    if version != SNAPSHOT_VERSION {
+        return Err(SnapshotError::Version(version));
+    }
+    let taken_at = r.u64()?;
+    let config = DedupeConfig {
+        producer_window: r.u64()?,
+        max_producers: usize::try_from(r.u64()?).unwrap_or(usize::MAX),
+        max_sequences: usize::try_from(r.u64()?).unwrap_or(usize::MAX),
+        id_window_ms: r.u64()?,
+    };
+    let mut covered = Vec::new();
+    for _ in 0..r.count(8)? {
+        covered.push(r.u64()?);
+    }
+    let mut producers = Vec::new();
+    for _ in 0..r.count(16)? {
+        let producer_id = r.string()?;
+        let highest = r.u64()?;
+        let mut seqs = Vec::new();
+        for _ in 0..r.count(20)? {
+            let s = r.u64()?;
+            let at = Stored {
+                partition: r.u32()?,
+                offset: r.u64()?,
+            };
+            seqs.push((s, at));
+        }
+        producers.push(SnapshotProducer {
+            producer_id,
+            highest,
+            seqs,
+        });
+    }
+    let mut ids = Vec::new();
+    for _ in 0..r.count(24)? {
+        let id = r.string()?;
+        let stored_at = r.u64()?;
+        let at = Stored {
+            partition: r.u32()?,
+            offset: r.u64()?,
+        };
+        ids.push(SnapshotId { id, stored_at, at });
+    }
+    if !r.0.is_empty() {
+        return Err(SnapshotError::Trailing);
+    }
+    Ok(DedupeSnapshot {
+        taken_at,
+        config,
+        covered,
+        producers,
+        ids,
+    })
+}
+
+fn put_u32(w: &mut Vec<u8>, v: u32) {
+    w.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(w: &mut Vec<u8>, v: u64) {
+    w.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(w: &mut Vec<u8>, s: &str) {
+    put_u32(w, s.len() as u32);
+    w.extend_from_slice(s.as_bytes());
+}
+
+struct SnapReader<'a>(&'a [u8]);
+
+impl SnapReader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], SnapshotError> {
+        if self.0.len() < n {
+            return Err(SnapshotError::Short);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    /// A u32 count of items of at least `min_item_len` bytes each, refused when the
+    /// bytes left cannot hold that many.
+    fn count(&mut self, min_item_len: usize) -> Result<usize, SnapshotError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item_len) > self.0.len() {
+            return Err(SnapshotError::Count);
+        }
+        Ok(n)
+    }
+    fn string(&mut self) -> Result<String, SnapshotError> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| SnapshotError::Utf8)
     }
 }
 
@@ -763,5 +1143,191 @@ mod tests {
                 "{k:?}"
             );
         }
+    }
+
+    /// Every key `t` could be asked about in these tests, with its answer.
+    fn answers(t: &mut DedupeTable, keys: &[DedupeKey], now: Millis) -> Vec<String> {
+        keys.iter()
+            .map(|k| {
+                let b = t.begin(k, now);
+                let text = answer_text(&b);
+                if let Begin::New(r) = b {
+                    t.abort(r).unwrap();
+                }
+                text
+            })
+            .collect()
+    }
+
+    fn answer_text(b: &Begin) -> String {
+        match b {
+            Begin::New(_) => "New".into(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn filled() -> (DedupeTable, Vec<DedupeKey>) {
+        let mut t = table(10);
+        let mut keys = Vec::new();
+        for s in 0..25 {
+            store(&mut t, &seq("p", s), (s % 3) as u32, s, 100 + s);
+            keys.push(seq("p", s));
+        }
+        for s in 0..4 {
+            store(&mut t, &seq("q✓", s), 1, 100 + s, 200);
+            keys.push(seq("q✓", s));
+        }
+        for i in 0..5 {
+            store(&mut t, &id(&format!("m{i}")), 2, 200 + i, 500 + 100 * i);
+            keys.push(id(&format!("m{i}")));
+        }
+        keys.push(seq("never", 0));
+        keys.push(id("never"));
+        (t, keys)
+    }
+
+    #[test]
+    fn a_snapshot_answers_like_the_table_it_was_taken_of() {
+        let (mut live, keys) = filled();
+        let bytes = live.encode_snapshot(&[u64::MAX; 3], 42);
+        let snap = decode_snapshot(&bytes).unwrap();
+        assert_eq!(snap.taken_at, 42);
+        assert_eq!(snap.config, *live.config());
+        assert_eq!(snap.entries(), live.entries());
+        assert_eq!(snap.usable_under(live.config()), Ok(()));
+        let mut restored = DedupeTable::from_snapshot(*live.config(), snap);
+        let s = |t: &DedupeTable| {
+            let s = t.stats();
+            (s.producers, s.sequences, s.ids)
+        };
+        assert_eq!(s(&restored), s(&live));
+        for now in [900, 1_000, 1_499, 1_500] {
+            assert_eq!(
+                answers(&mut restored, &keys, now),
+                answers(&mut live, &keys, now)
+            );
+        }
+        // Least recently used order survives: "q✓" was used last, so "p" goes first.
+        let mut one = DedupeTable::from_snapshot(
+            DedupeConfig {
+                max_producers: 1,
+                ..*live.config()
+            },
+            decode_snapshot(&bytes).unwrap(),
+        );
+        assert!(matches!(
+            one.begin(&seq("q✓", 3), 0),
+            Begin::Duplicate { .. }
+        ));
+        assert!(matches!(one.begin(&seq("p", 24), 0), Begin::New(_)));
+        assert_eq!(one.stats().evicted_producers, 1);
+    }
+
+    #[test]
+    fn entries_at_or_above_the_covered_offsets_are_left_out() {
+        let (live, _) = filled();
+        // Partition 0 covered below 6, partition 1 not at all, partition 2 left out.
+        let snap = decode_snapshot(&live.encode_snapshot(&[6, 0], 0)).unwrap();
+        let mut t = DedupeTable::from_snapshot(*live.config(), snap);
+        // p: 15..=24 tracked live; on partition 0 (s % 3 == 0) below offset 6: none of
+        // those, so nothing of p answers, but its window stays where it was.
+        for s in 15..25 {
+            assert!(matches!(t.begin(&seq("p", s), 0), Begin::New(_)), "{s}");
+        }
+        assert_eq!(
+            t.begin(&seq("p", 14), 0),
+            Begin::TooOld { oldest_tracked: 15 }
+        );
+        assert!(matches!(t.begin(&id("m0"), 600), Begin::New(_)));
+        // Replaying the records brings them back.
+        t.replay(StoredKey {
+            partition: 0,
+            offset: 21,
+            timestamp: 121,
+            producer: Some(("p".into(), 21)),
+            id: None,
+        });
+        assert!(matches!(
+            t.begin(&seq("p", 21), 0),
+            Begin::Duplicate {
+                partition: 0,
+                offset: 21
+            }
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_is_not_usable_under_grown_limits_and_is_trimmed_under_smaller_ones() {
+        let (live, _) = filled();
+        let snap = decode_snapshot(&live.encode_snapshot(&[u64::MAX; 3], 0)).unwrap();
+        let c = *live.config();
+        for (bigger, name) in [
+            (
+                DedupeConfig {
+                    producer_window: 11,
+                    ..c
+                },
+                "producer_window",
+            ),
+            (
+                DedupeConfig {
+                    id_window_ms: 1_001,
+                    ..c
+                },
+                "id_window_ms",
+            ),
+            (
+                DedupeConfig {
+                    max_producers: c.max_producers + 1,
+                    ..c
+                },
+                "max_producers",
+            ),
+            (
+                DedupeConfig {
+                    max_sequences: c.max_sequences + 1,
+                    ..c
+                },
+                "max_sequences",
+            ),
+        ] {
+            let why = snap.usable_under(&bigger).unwrap_err();
+            assert!(why.starts_with(&format!("{name} grew from")), "{why}");
+        }
+        let smaller = DedupeConfig {
+            producer_window: 3,
+            ..c
+        };
+        assert_eq!(snap.usable_under(&smaller), Ok(()));
+        let mut t = DedupeTable::from_snapshot(smaller, snap);
+        assert_eq!(t.stats().sequences, 3 + 3);
+        assert_eq!(
+            t.begin(&seq("p", 21), 0),
+            Begin::TooOld { oldest_tracked: 22 }
+        );
+    }
+
+    #[test]
+    fn any_damage_to_a_snapshot_is_detected() {
+        let (live, _) = filled();
+        let bytes = live.encode_snapshot(&[u64::MAX; 3], 7);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            assert!(decode_snapshot(&b).is_err(), "flip at {i}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(decode_snapshot(b"SURETYGS...."), Err(SnapshotError::Magic));
+        let mut other_version = bytes.clone();
+        other_version[8] = 9;
+        let n = other_version.len() - 4;
+        let crc = crc32c::crc32c(&other_version[..n]);
+        other_version[n..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_snapshot(&other_version),
+            Err(SnapshotError::Version(9))
+        );
     }
 }

@@ -24,12 +24,13 @@ pub mod topic;
 
 pub use backoff::Backoff;
 pub use broker::{
-    Broker, BrokerOptions, DeadLetter, DeadLetterPage, Delivery, GroupDeleted, GroupInfo,
-    PartitionSeek, Peek, PublishResult, SeekOutcome, SeekTo, Selection, StartAt, TopicDeleted,
-    TopicInfo,
+    Broker, BrokerOptions, DeadLetter, DeadLetterPage, DedupeRecovery, DedupeSnapshotPolicy,
+    Delivery, GroupDeleted, GroupInfo, PartitionSeek, Peek, PublishResult, SeekOutcome, SeekTo,
+    Selection, StartAt, TopicDeleted, TopicInfo,
 };
 pub use dedupe::{
-    Begin, DedupeConfig, DedupeKey, DedupeStats, DedupeTable, Reservation, StoredKey,
+    Begin, DedupeConfig, DedupeKey, DedupeSnapshot, DedupeStats, DedupeTable, Reservation,
+    StoredKey,
 };
 pub use error::BrokerError;
 pub use group::{

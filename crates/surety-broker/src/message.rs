@@ -132,6 +132,36 @@ fn u32_of(v: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(v.try_into().ok()?))
 }
 
+/// The dedupe keys of a stored partition record, read from its headers alone (no copy
+/// of the payload or of user headers): what a restart replays into the dedupe table.
+/// `None` for a record without keys and for a resend from a dead-letter queue (resends
+/// bypass dedupe; they are not producer retries).
+pub(crate) fn stored_key(partition: u32, r: &Record) -> Option<crate::dedupe::StoredKey> {
+    let (mut id, mut producer, mut sequence) = (None, None, None);
+    let (mut for_group, mut resent_from) = (false, false);
+    for h in &r.headers {
+        match h.name.as_str() {
+            H_ID => id = Some(String::from_utf8_lossy(&h.value).into_owned()),
+            H_PRODUCER => producer = Some(String::from_utf8_lossy(&h.value).into_owned()),
+            H_SEQUENCE => sequence = u64_of(&h.value),
+            H_FOR_GROUP => for_group = true,
+            H_RESENT_FROM => resent_from = u64_of(&h.value).is_some(),
+            _ => {}
+        }
+    }
+    let producer = producer.zip(sequence);
+    if (for_group && resent_from) || (id.is_none() && producer.is_none()) {
+        return None;
+    }
+    Some(crate::dedupe::StoredKey {
+        partition,
+        offset: r.offset,
+        timestamp: r.timestamp_ms.max(0) as u64,
+        producer,
+        id,
+    })
+}
+
 impl StoredMessage {
     /// Splits a log record back into user headers and broker metadata.
     pub fn from_record(r: Record) -> StoredMessage {
