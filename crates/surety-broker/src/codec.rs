@@ -2,6 +2,7 @@
 //! and the snapshot file that lets the journal be compacted (`docs/format.md`).
 //! Decoding never panics on any input (fuzzed), it returns [`CodecError`].
 
+use crate::bytes::{ReadError, Reader, put_str, put_u32, put_u64};
 use crate::group::{AttemptSnapshot, AttemptState, Counters, Event, Millis, Snapshot};
 
 const VERSION: u8 = 1;
@@ -348,14 +349,6 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<TopicSnapshot, CodecError> {
     })
 }
 
-fn put_u32(w: &mut Vec<u8>, v: u32) {
-    w.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(w: &mut Vec<u8>, v: u64) {
-    w.extend_from_slice(&v.to_le_bytes());
-}
-
 fn put_opt(w: &mut Vec<u8>, v: Option<Millis>) {
     match v {
         Some(v) => {
@@ -366,31 +359,18 @@ fn put_opt(w: &mut Vec<u8>, v: Option<Millis>) {
     }
 }
 
-fn put_str(w: &mut Vec<u8>, s: &str) {
-    put_u32(w, s.len() as u32);
-    w.extend_from_slice(s.as_bytes());
+impl From<ReadError> for CodecError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Short => CodecError::Short,
+            ReadError::Count => CodecError::Count,
+            ReadError::Utf8 => CodecError::Utf8,
+        }
+    }
 }
 
-struct Reader<'a>(&'a [u8]);
-
+/// The journal's and group snapshot's own reads, on the shared [`Reader`].
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], CodecError> {
-        if self.0.len() < n {
-            return Err(CodecError::Short);
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, CodecError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, CodecError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn u64(&mut self) -> Result<u64, CodecError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
     fn opt(&mut self) -> Result<Option<u64>, CodecError> {
         Ok(if self.present()? {
             Some(self.u64()?)
@@ -405,15 +385,6 @@ impl Reader<'_> {
             1 => Ok(true),
             f => Err(CodecError::Flag(f)),
         }
-    }
-    /// A u32 count of items of at least `min_item_len` bytes each, refused when the
-    /// bytes left cannot hold that many (so garbage cannot make us allocate much).
-    fn count(&mut self, min_item_len: usize) -> Result<usize, CodecError> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min_item_len) > self.0.len() {
-            return Err(CodecError::Count);
-        }
-        Ok(n)
     }
     fn part(&mut self, version: u16) -> Result<Snapshot, CodecError> {
         let start = self.u64()?;
@@ -477,10 +448,6 @@ impl Reader<'_> {
             counters,
             seeks,
         })
-    }
-    fn string(&mut self) -> Result<String, CodecError> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| CodecError::Utf8)
     }
 }
 

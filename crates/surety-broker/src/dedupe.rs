@@ -76,6 +76,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::bytes::{ReadError, Reader, put_str, put_u32, put_u64};
 use crate::group::Millis;
 
 /// What a publish is deduplicated by.
@@ -727,7 +728,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<DedupeSnapshot, SnapshotError> {
     if u32::from_le_bytes(crc.try_into().unwrap()) != crc32c::crc32c(body) {
         return Err(SnapshotError::Crc);
     }
-    let mut r = SnapReader(&body[8..]);
+    let mut r = Reader(&body[8..]);
     let version = u16::from_le_bytes(r.take(2)?.try_into().unwrap());
     if version != SNAPSHOT_VERSION {
         return Err(SnapshotError::Version(version));
@@ -784,48 +785,13 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<DedupeSnapshot, SnapshotError> {
     })
 }
 
-fn put_u32(w: &mut Vec<u8>, v: u32) {
-    w.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(w: &mut Vec<u8>, v: u64) {
-    w.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_str(w: &mut Vec<u8>, s: &str) {
-    put_u32(w, s.len() as u32);
-    w.extend_from_slice(s.as_bytes());
-}
-
-struct SnapReader<'a>(&'a [u8]);
-
-impl SnapReader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], SnapshotError> {
-        if self.0.len() < n {
-            return Err(SnapshotError::Short);
+impl From<ReadError> for SnapshotError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Short => SnapshotError::Short,
+            ReadError::Count => SnapshotError::Count,
+            ReadError::Utf8 => SnapshotError::Utf8,
         }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-    fn u32(&mut self) -> Result<u32, SnapshotError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn u64(&mut self) -> Result<u64, SnapshotError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
-    /// A u32 count of items of at least `min_item_len` bytes each, refused when the
-    /// bytes left cannot hold that many.
-    fn count(&mut self, min_item_len: usize) -> Result<usize, SnapshotError> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min_item_len) > self.0.len() {
-            return Err(SnapshotError::Count);
-        }
-        Ok(n)
-    }
-    fn string(&mut self) -> Result<String, SnapshotError> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| SnapshotError::Utf8)
     }
 }
 

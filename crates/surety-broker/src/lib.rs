@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod broker;
+mod bytes;
 pub mod codec;
 pub mod dedupe;
 pub mod error;
