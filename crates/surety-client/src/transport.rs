@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use surety_core::surety;
 use surety_core::{
     Admin, Batch, BoxFuture, Capabilities, Capable, Confirm, DeadLetterPage, ErrorKind, GroupInfo,
     PublishAnswers, Publisher, RequestId, Selection, Session, SessionEvent, Settle, SettleOutcome,
@@ -23,7 +24,7 @@ use crate::server_error::ServerError;
 /// A Surety server's capabilities (`surety_core::surety`, shared with the in-process
 /// transport; docs/design.md, "The transport seam").
 pub static CAPABILITIES: LazyLock<Capabilities> =
-    LazyLock::new(|| surety_core::surety::capabilities("surety-grpc"));
+    LazyLock::new(|| surety::capabilities("surety-grpc"));
 
 impl Capable for Client {
     fn capabilities(&self) -> &Capabilities {
@@ -267,7 +268,7 @@ impl Admin for Client {
         limit: u32,
     ) -> BoxFuture<'a, Result<DeadLetterPage, TransportError>> {
         Box::pin(async move {
-            let after = after.map(dead_letter_id).transpose()?;
+            let after = after.map(surety::dead_letter_id).transpose()?;
             let page = self
                 .raw()
                 .list_dead_letters(proto::ListDeadLettersRequest {
@@ -325,27 +326,17 @@ impl Admin for Client {
     }
 }
 
-use surety_core::surety::dead_letter_id;
-
 fn selection(
     topic: &str,
     group: &str,
     which: &Selection,
 ) -> Result<proto::DeadLetterSelection, TransportError> {
-    let (ids, all) = match which {
-        Selection::All => (Vec::new(), true),
-        Selection::Ids(ids) => (
-            ids.iter()
-                .map(|id| dead_letter_id(id))
-                .collect::<Result<_, _>>()?,
-            false,
-        ),
-    };
+    let ids = surety::dead_letter_ids(which)?;
     Ok(proto::DeadLetterSelection {
         topic: topic.to_owned(),
         group: group.to_owned(),
-        ids,
-        all,
+        all: ids.is_none(),
+        ids: ids.unwrap_or_default(),
     })
 }
 

@@ -10,6 +10,7 @@ use crate::capabilities::{
     DeliveryCount, LeaseKind, Mechanism, NackDelay, Ordering, PublishDedupe, SettleAnswers,
 };
 use crate::error::{ErrorKind, Outcome, TransportError};
+use crate::transport::Selection;
 
 /// The last sequences per producer the broker remembers (`DedupeConfig::producer_window`).
 pub const PRODUCER_WINDOW: u64 = 10_000;
@@ -107,6 +108,18 @@ pub fn dead_letter_id(id: &str) -> Result<u64, TransportError> {
         )
         .with_code("invalid_request")
     })
+}
+
+/// The dead-letter ids a selection names; `None` for all of them.
+pub fn dead_letter_ids(which: &Selection) -> Result<Option<Vec<u64>>, TransportError> {
+    match which {
+        Selection::All => Ok(None),
+        Selection::Ids(ids) => ids
+            .iter()
+            .map(|id| dead_letter_id(id))
+            .collect::<Result<_, _>>()
+            .map(Some),
+    }
 }
 
 #[cfg(test)]

@@ -137,13 +137,9 @@ impl Subscriber for InProcess {
 
 /// A dead-letter id of this transport: the broker's number.
 fn selection(which: &Selection) -> Result<surety_broker::Selection, TransportError> {
-    Ok(match which {
-        Selection::All => surety_broker::Selection::All,
-        Selection::Ids(ids) => surety_broker::Selection::Ids(
-            ids.iter()
-                .map(|id| surety_core::surety::dead_letter_id(id))
-                .collect::<Result<_, _>>()?,
-        ),
+    Ok(match surety_core::surety::dead_letter_ids(which)? {
+        None => surety_broker::Selection::All,
+        Some(ids) => surety_broker::Selection::Ids(ids),
     })
 }
 
