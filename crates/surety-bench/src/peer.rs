@@ -19,14 +19,14 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
-use surety_client::{Client, Consumer, Delivery, Message, Producer, StopHandle};
+use surety_client::{Client, Message, Producer, StopHandle};
 use surety_log::LogConfig;
 use tokio::task::JoinSet;
 
 use super::log::{RAW_BATCH_RECORDS, measure_raw};
 use super::progress::Progress;
 use super::report::{MachineInfo, Provenance};
-use super::server::{Serve, terminate};
+use super::server::{Serve, spawn_consumers, terminate};
 use super::table::{Align, Table};
 use super::{
     BenchDir, MEASURING, OutputArgs, STOPPING, WARMING, Window, base_dir_display, fmt_secs, fmt_us,
@@ -625,22 +625,16 @@ async fn surety_run(
     admin.create_topic(TOPIC, "{}").await?;
     let shared = Shared::new();
     let stop = StopHandle::new();
-    let mut consumers = JoinSet::new();
-    for _ in 0..args.consumers {
-        let client = Client::connect(url, None).await?;
-        let s = shared.clone();
-        let handler = move |d: Delivery| {
-            let s = s.clone();
-            async move {
-                s.delivered(&d.payload);
-                Ok::<(), std::convert::Infallible>(())
-            }
-        };
-        let consumer = Consumer::builder(client, TOPIC, GROUP)
-            .max_in_flight(u32::try_from(args.prefetch).unwrap_or(u32::MAX))
-            .stop_with(stop.clone());
-        consumers.spawn(consumer.run(handler));
-    }
+    let delivered = shared.clone();
+    let on_delivery = move |payload: &[u8]| delivered.delivered(payload);
+    let mut consumers = spawn_consumers(
+        (url, None, TOPIC),
+        args.consumers,
+        u32::try_from(args.prefetch).unwrap_or(u32::MAX),
+        &stop,
+        on_delivery,
+    )
+    .await?;
     let body: Arc<[u8]> = payload(PAYLOAD_BYTES).into();
     let mut producers = JoinSet::new();
     for _ in 0..args.producers {

@@ -655,22 +655,16 @@ async fn closed_loop(
         end_to_end: Mutex::new(latency_histogram()),
     });
     let stop = StopHandle::new();
-    let mut consumers = JoinSet::new();
-    for _ in 0..args.consumers {
-        let client = Client::connect(url, token).await?;
-        let s = shared.clone();
-        let handler = move |d: Delivery| {
-            let s = s.clone();
-            async move {
-                s.delivered(&d.payload);
-                Ok::<(), std::convert::Infallible>(())
-            }
-        };
-        let consumer = Consumer::builder(client, topic, GROUP)
-            .max_in_flight(args.window as u32)
-            .stop_with(stop.clone());
-        consumers.spawn(consumer.run(handler));
-    }
+    let delivered = shared.clone();
+    let on_delivery = move |payload: &[u8]| delivered.delivered(payload);
+    let mut consumers = spawn_consumers(
+        (url, token, topic),
+        args.consumers,
+        args.window as u32,
+        &stop,
+        on_delivery,
+    )
+    .await?;
     let body: Arc<[u8]> = payload(PAYLOAD_BYTES).into();
     let mut producers = JoinSet::new();
     for _ in 0..args.producers {
@@ -1088,4 +1082,33 @@ fn markdown_report(result: &ServerBenchResult) -> String {
     ));
     out.push_str(&targets_table(&result.targets).to_markdown());
     out
+}
+
+/// Consumers whose handler calls `on_delivery` with the payload and returns `Ok` (the
+/// client then acks), each on its own connection holding up to `window` messages; they
+/// end when `stop` is stopped.
+pub(super) async fn spawn_consumers(
+    (url, token, topic): (&str, Option<&str>, &str),
+    consumers: usize,
+    window: u32,
+    stop: &StopHandle,
+    on_delivery: impl Fn(&[u8]) + Clone + Send + Sync + 'static,
+) -> Result<JoinSet<Result<surety_client::ConsumerStats, surety_client::ConsumeError>>> {
+    let mut set = JoinSet::new();
+    for _ in 0..consumers {
+        let client = Client::connect(url, token).await?;
+        let on_delivery = on_delivery.clone();
+        let handler = move |d: Delivery| {
+            let on_delivery = on_delivery.clone();
+            async move {
+                on_delivery(&d.payload);
+                Ok::<(), std::convert::Infallible>(())
+            }
+        };
+        let consumer = Consumer::builder(client, topic, GROUP)
+            .max_in_flight(window)
+            .stop_with(stop.clone());
+        set.spawn(consumer.run(handler));
+    }
+    Ok(set)
 }
