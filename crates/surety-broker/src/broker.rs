@@ -154,6 +154,47 @@ pub struct DeadLetter {
     pub message: StoredMessage,
 }
 
+/// An ack or nack applied in memory, its journal commit submitted but perhaps not yet
+/// durable ([`Broker::stage_settle_each`]).
+#[must_use = "the outcomes hold only once durable() answers"]
+pub struct StagedSettle {
+    outcomes: Vec<Result<bool, BrokerError>>,
+    commit: Option<(Arc<Topic>, surety_log::AppendTicket)>,
+}
+
+impl std::fmt::Debug for StagedSettle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedSettle")
+            .field("outcomes", &self.outcomes)
+            .field("committing", &self.commit.is_some())
+            .finish()
+    }
+}
+
+impl StagedSettle {
+    /// Nothing to commit: each receipt refused, or `false` (nothing changed).
+    fn unchanged(verified: Vec<Result<ReceiptData, BrokerError>>) -> Self {
+        Self {
+            outcomes: verified.into_iter().map(|v| v.map(|_| false)).collect(),
+            commit: None,
+        }
+    }
+
+    /// One outcome per receipt, as applied in memory.
+    pub fn outcomes(&self) -> &[Result<bool, BrokerError>] {
+        &self.outcomes
+    }
+
+    /// Waits for the journal commit; the outcomes, or the storage failure that failed
+    /// the topic.
+    pub async fn durable(self) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
+        if let Some((topic, ticket)) = self.commit {
+            ticket.await.map_err(|e| fail_topic(&topic, &e))?;
+        }
+        Ok(self.outcomes)
+    }
+}
+
 /// How a batch of receipts is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BatchMode {
@@ -1795,9 +1836,24 @@ impl Broker {
         reason: &str,
         mode: BatchMode,
     ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
+        self.stage_nack_batch(topic_name, group_name, receipts, delay, reason, mode)
+            .await?
+            .durable()
+            .await
+    }
+
+    async fn stage_nack_batch(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        receipts: &[String],
+        delay: Duration,
+        reason: &str,
+        mode: BatchMode,
+    ) -> Result<StagedSettle, BrokerError> {
         let delay_ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
         limits::check_nack(delay_ms, reason)?;
-        self.settle_batch(topic_name, group_name, receipts, mode, |part, now, d| {
+        self.stage_settle_batch(topic_name, group_name, receipts, mode, |part, now, d| {
             part.plan_nack(now, d.offset, d.delivery, delay_ms, reason.to_owned())
         })
         .await
@@ -1863,6 +1919,25 @@ impl Broker {
             ReceiptData,
         ) -> Result<Settled, crate::group::SettleError>,
     ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
+        self.stage_settle_batch(topic_name, group_name, receipts, mode, op)
+            .await?
+            .durable()
+            .await
+    }
+
+    /// [`Self::settle_batch`] up to the journal commit's submission.
+    async fn stage_settle_batch(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        receipts: &[String],
+        mode: BatchMode,
+        op: impl Fn(
+            &mut GroupPartition,
+            Millis,
+            ReceiptData,
+        ) -> Result<Settled, crate::group::SettleError>,
+    ) -> Result<StagedSettle, BrokerError> {
         let topic = self.topic(topic_name)?;
         validate_group_name(group_name).map_err(|e| BrokerError::InvalidName(e.to_string()))?;
         let verified: Vec<Result<ReceiptData, BrokerError>> = receipts
@@ -1882,12 +1957,12 @@ impl Broker {
         // A valid receipt was issued by a fetch, which created the group; an empty batch
         // must not create one either.
         let Some(group) = self.existing_group(&topic, group_name).await? else {
-            return Ok(verified.into_iter().map(|v| v.map(|_| false)).collect());
+            return Ok(StagedSettle::unchanged(verified));
         };
         let mut g = group.lock().await;
         if g.deleted {
             // Its deliveries went with it: settling them changes nothing.
-            return Ok(verified.into_iter().map(|v| v.map(|_| false)).collect());
+            return Ok(StagedSettle::unchanged(verified));
         }
         let now = self.now();
         let checked: Vec<Result<ReceiptData, BrokerError>> = verified
@@ -1925,10 +2000,48 @@ impl Broker {
         }
         let ticket = self.stage(&topic, &mut g, events).await?;
         drop(g);
-        if let Some(ticket) = ticket {
-            self.durable(&topic, Ok(ticket)).await?;
+        Ok(StagedSettle {
+            outcomes,
+            commit: ticket.map(|t| (topic, t)),
+        })
+    }
+
+    /// Settles each receipt on its own, as [`Self::ack_each`] / [`Self::nack_each`], but
+    /// answers once the outcomes are applied in memory and the journal commit is
+    /// submitted, before it is durable: the caller learns which places in its window are
+    /// free a journal sync earlier, and answers its peer after [`StagedSettle::durable`].
+    /// Anything the group does next (a fetch, say) is durable only after this commit is:
+    /// the journal keeps submission order.
+    pub async fn stage_settle_each(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        receipts: &[String],
+        op: &crate::session::SettleOp,
+    ) -> Result<StagedSettle, BrokerError> {
+        match op {
+            crate::session::SettleOp::Ack => {
+                self.stage_settle_batch(
+                    topic_name,
+                    group_name,
+                    receipts,
+                    BatchMode::Each,
+                    |part, now, d| part.plan_ack(now, d.offset, d.delivery),
+                )
+                .await
+            }
+            crate::session::SettleOp::Nack { delay, reason } => {
+                self.stage_nack_batch(
+                    topic_name,
+                    group_name,
+                    receipts,
+                    *delay,
+                    reason,
+                    BatchMode::Each,
+                )
+                .await
+            }
         }
-        Ok(outcomes)
     }
 
     /// All of the group's live dead letters, oldest first (every page; for small queues

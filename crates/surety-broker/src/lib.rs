@@ -27,7 +27,7 @@ pub use backoff::Backoff;
 pub use broker::{
     Broker, BrokerOptions, DeadLetter, DeadLetterPage, DedupeRecovery, DedupeSnapshotPolicy,
     Delivery, GroupDeleted, GroupInfo, PartitionSeek, Peek, PublishResult, SeekOutcome, SeekTo,
-    Selection, StartAt, TopicDeleted, TopicInfo,
+    Selection, StagedSettle, StartAt, TopicDeleted, TopicInfo,
 };
 pub use dedupe::{
     Begin, DedupeConfig, DedupeKey, DedupeSnapshot, DedupeStats, DedupeTable, Reservation,

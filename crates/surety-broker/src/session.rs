@@ -13,8 +13,10 @@
 //!   still the consumer's, leased, to settle again. Receipts of other sessions (handlers
 //!   that outlived an earlier connection) free nothing here.
 //! - Acks and nacks are applied concurrently (up to [`MAX_CONCURRENT_SETTLES`]), each
-//!   receipt on its own ([`Broker::ack_each`] / [`Broker::nack_each`]), so several share
-//!   a journal commit and one expired lease does not refuse the acks that came with it.
+//!   receipt on its own ([`Broker::stage_settle_each`]), so several share a journal
+//!   commit and one expired lease does not refuse the acks that came with it. Their
+//!   places in the window come back once they are applied, a journal sync before they
+//!   are answered.
 //! - [`Session::drain`] (or dropping the [`Session`]) stops the fetcher after its current
 //!   poll; it then answers [`Outlet::drained`]. When the front stops listening (its
 //!   channel's receiver is gone), fetching stops too; deliveries fetched but never handed
@@ -263,16 +265,17 @@ impl<O: Outlet> Drop for Session<O> {
 
 impl<O: Outlet> Inner<O> {
     async fn settle(&self, receipts: &[String], op: &SettleOp) -> SettleAnswer {
-        let (b, t, g) = (&self.broker, &self.topic, &self.group);
-        let answer = match op {
-            SettleOp::Ack => b.ack_each(t, g, receipts).await,
-            SettleOp::Nack { delay, reason } => b.nack_each(t, g, receipts, *delay, reason).await,
-        };
+        let staged = self
+            .broker
+            .stage_settle_each(&self.topic, &self.group, receipts, op)
+            .await;
         // A request refused as a whole for its own fields judged no receipt: those
         // deliveries are still the consumer's. Otherwise, accepted or refused, they are
         // no longer the consumer's to work on (a refused one is expired or superseded),
-        // so their places come back.
-        let judged = !matches!(&answer, Err(BrokerError::OutOfRange { .. }));
+        // so their places come back: as soon as the settlement is applied, before its
+        // journal sync, so that the next fetch's leases share that sync instead of
+        // waiting for it (they are journalled after it, so durable only after it).
+        let judged = !matches!(&staged, Err(BrokerError::OutOfRange { .. }));
         if judged {
             let freed = {
                 let mut outstanding = self.outstanding.lock().unwrap();
@@ -280,7 +283,7 @@ impl<O: Outlet> Inner<O> {
             };
             self.credits.add_permits(freed);
         }
-        answer
+        staged?.durable().await
     }
 
     /// The fetcher: long-polls while there is room in the window, until stopped or the
