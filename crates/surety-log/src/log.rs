@@ -300,13 +300,17 @@ impl Log {
         let max_frame = self.inner.config.max_record_bytes;
         let mut bytes = 0usize;
         for seg in segments {
-            let state = seg.state.read().unwrap().clone();
-            let start_pos = index::lookup(&state.index, offset)
-                .map_or(crate::segment::SEGMENT_HEADER_LEN as u64, |e| {
-                    u64::from(e.position)
-                });
-            let mut cursor =
-                FrameCursor::new(seg.file.as_ref(), start_pos, state.end_pos, max_frame);
+            // Under the lock only what the read needs: the segment's index grows with it
+            // (an entry per 4 KiB), and copying it cost a fetch more than its records.
+            let (start_pos, end_pos) = {
+                let state = seg.state.read().unwrap();
+                let start = index::lookup(&state.index, offset)
+                    .map_or(crate::segment::SEGMENT_HEADER_LEN as u64, |e| {
+                        u64::from(e.position)
+                    });
+                (start, state.end_pos)
+            };
+            let mut cursor = FrameCursor::new(seg.file.as_ref(), start_pos, end_pos, max_frame);
             loop {
                 let frame = match cursor.peek() {
                     Ok(None) => break,
