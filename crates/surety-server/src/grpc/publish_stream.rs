@@ -6,9 +6,9 @@
 //! session stops reading, and HTTP/2 flow control holds the client back. When the server
 //! shuts down, the session stops reading, answers what it holds, and ends the stream.
 
-use std::sync::Arc;
-
-use tokio::sync::{Semaphore, mpsc};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -35,40 +35,45 @@ pub(super) fn start(
 }
 
 async fn read(state: AppState, mut inbound: Streaming<proto::PublishStreamRequest>, tx: Outbound) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut shutdown = state.shutting_down();
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        // A transport error ends the session like a clean end: unanswered requests are
-        // the client's to retry (their sequences make that safe).
-        let req = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            req = inbound.message() => match req {
-                Ok(Some(req)) => req,
-                _ => break,
+    // Polled here rather than spawned each: `Broker::publish` runs its work in a task of
+    // its own already (it is cancel-safe), so a second task per request only cost a spawn.
+    let mut in_flight = FuturesUnordered::new();
+    let mut reading = true;
+    while reading || !in_flight.is_empty() {
+        tokio::select! {
+            Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                if tx.send(Ok(answer)).await.is_err() {
+                    // The client is gone; the publishes still complete in their own tasks.
+                    return;
+                }
+            }
+            // (mapped to `()`: the watch guard it returns must not live across an await)
+            () = async { drop(shutdown.wait_for(|s| *s).await) }, if reading => reading = false,
+            // A transport error ends the session like a clean end: unanswered requests are
+            // the client's to retry (their sequences make that safe).
+            req = inbound.message(), if reading && in_flight.len() < MAX_IN_FLIGHT => match req {
+                Ok(Some(req)) => in_flight.push(answer(state.clone(), req)),
+                _ => reading = false,
             },
-        };
-        let (state, tx) = (state.clone(), tx.clone());
-        tokio::spawn(async move {
-            let outcome = match req.publish {
-                Some(publish_req) => match publish(&state, publish_req).await {
-                    Ok(published) => Outcome::Published(published),
-                    Err(status) => Outcome::Error(stream_error(req.request_id, &status)),
-                },
-                None => Outcome::Error(stream_error(
-                    req.request_id,
-                    &super::status::invalid_request("a PublishStreamRequest needs `publish`"),
-                )),
-            };
-            let answer = proto::PublishStreamResponse {
-                request_id: req.request_id,
-                outcome: Some(outcome),
-            };
-            let _ = tx.send(Ok(answer)).await;
-            drop(permit);
-        });
+        }
     }
-    // The stream ends once every spawned publish has answered and dropped its sender.
+}
+
+/// Publishes one request and frames its answer.
+async fn answer(state: AppState, req: proto::PublishStreamRequest) -> proto::PublishStreamResponse {
+    let outcome = match req.publish {
+        Some(publish_req) => match publish(&state, publish_req).await {
+            Ok(published) => Outcome::Published(published),
+            Err(status) => Outcome::Error(stream_error(req.request_id, &status)),
+        },
+        None => Outcome::Error(stream_error(
+            req.request_id,
+            &super::status::invalid_request("a PublishStreamRequest needs `publish`"),
+        )),
+    };
+    proto::PublishStreamResponse {
+        request_id: req.request_id,
+        outcome: Some(outcome),
+    }
 }
