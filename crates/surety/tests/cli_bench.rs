@@ -164,10 +164,10 @@ fn bench_memory_json() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let rows = v["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 3, "in flight, waiting, settled");
-    for i in 0..rows.len() {
-        assert_eq!(rows[i]["messages"].as_u64(), Some(3000));
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["messages"].as_u64(), Some(3000));
         positive(&v, &format!("/rows/{i}/status/vm_rss"));
-        assert!(rows[i]["bytes_per_message"].is_number());
+        assert!(row["bytes_per_message"].is_number());
     }
     positive(&v, "/baseline/vm_rss");
     assert_eq!(v["settings"]["payload_bytes"].as_u64(), Some(16));
