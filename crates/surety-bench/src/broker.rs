@@ -1,6 +1,6 @@
 //! `surety bench broker`: how much of the log's own append rate survives the embedded
 //! broker end to end (publish → fetch → ack, every step durable), measured in one run on
-//! the same directory, plus what the consumer-group state costs per unsettled message.
+//! the same directory. (What the group state costs per unsettled message: `bench memory`.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -12,9 +12,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use surety_broker::topic::TopicConfigPatch;
-use surety_broker::{
-    Broker, BrokerOptions, FreshMessage, GroupPartition, GroupPolicy, PublishMessage,
-};
+use surety_broker::{Broker, BrokerOptions, PublishMessage};
 use surety_log::LogConfig;
 use tokio::runtime::Runtime;
 
@@ -59,11 +57,6 @@ end-to-end latency (from the start of the publish to the return of the ack, per 
 the publish instant travels in the payload's first 8 bytes), and the broker's rate as a
 share of the log's (target: >= 50%).
 
-Finally, without any disk: a consumer-group partition state machine leases --inflight
-fresh messages (default 1,000,000) with a long lease, and the process's resident memory
-growth per in-flight message is reported; then all are nacked, giving the cost per
-waiting message.
-
 Replaces the `bench:broker` section of BENCHMARKS.md. Run it on the disk you care about:
 tmpfs (often /tmp) makes fdatasync free.";
 
@@ -104,10 +97,6 @@ pub struct BrokerArgs {
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_positive)]
     batch: usize,
 
-    /// Messages leased at once for the memory measurement
-    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = parse_positive)]
-    inflight: usize,
-
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -122,7 +111,6 @@ struct BrokerBenchResult {
     log: Row,
     broker: Row,
     ratio: Ratio,
-    memory: Memory,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,7 +127,6 @@ struct Settings {
     publish_batch: usize,
     fetch_max: usize,
     fetch_wait_ms: u64,
-    inflight: usize,
     runtime_worker_threads: usize,
     directory: String,
 }
@@ -178,16 +165,6 @@ impl Latency {
     }
 }
 
-/// Resident memory of the consumer-group state per unsettled message.
-#[derive(Debug, Serialize)]
-struct Memory {
-    messages: usize,
-    in_flight_rss_bytes: i64,
-    bytes_per_in_flight: f64,
-    waiting_rss_bytes: i64,
-    bytes_per_waiting: f64,
-}
-
 pub fn run(args: BrokerArgs) -> Result<()> {
     let record_bytes = args.record_bytes.max(8);
     let seconds = Duration::from_secs_f64(args.seconds);
@@ -195,10 +172,6 @@ pub fn run(args: BrokerArgs) -> Result<()> {
         warmup: (seconds / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
         seconds,
     };
-
-    // First, in a fresh process heap, so that freed memory of the other stages cannot
-    // hide the growth.
-    let memory = measure_memory(args.inflight)?;
 
     let (workspace, machine) = BenchDir::create_described(args.dir.as_deref())?;
     let provenance = Provenance::current();
@@ -273,14 +246,12 @@ pub fn run(args: BrokerArgs) -> Result<()> {
             publish_batch: args.batch,
             fetch_max: FETCH_MAX,
             fetch_wait_ms: FETCH_WAIT.as_millis() as u64,
-            inflight: args.inflight,
             runtime_worker_threads: runtime_workers(),
             directory: base_dir_display(args.dir.as_deref()),
         },
         log,
         broker,
         ratio,
-        memory,
     };
 
     args.out
@@ -457,73 +428,6 @@ async fn consumer(shared: Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-/// Resident set size of this process, in bytes.
-fn rss_bytes() -> Result<i64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
-    let pages: i64 = statm
-        .split_whitespace()
-        .nth(1)
-        .context("no resident field in /proc/self/statm")?
-        .parse()
-        .context("parsing /proc/self/statm")?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Ok(pages * page.max(1) as i64)
-}
-
-/// Hands freed heap memory back to the system, so the next RSS reading starts clean.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Leases `n` fresh messages in a sans-IO group partition, with a lease long enough that
-/// all stay in flight, then nacks them all; the RSS growth over the empty state, per
-/// message, after each step.
-fn measure_memory(n: usize) -> Result<Memory> {
-    const CHUNK: usize = 1024;
-    const NOW: u64 = 1_000_000;
-    const LEASE_MS: u64 = 12 * 60 * 60 * 1000;
-    let mut part = GroupPartition::new(GroupPolicy::default(), 0);
-    let mut fresh = Vec::with_capacity(CHUNK);
-    trim_heap();
-    let before = rss_bytes()?;
-    let mut next = 0u64;
-    while (next as usize) < n {
-        let len = CHUNK.min(n - next as usize);
-        fresh.clear();
-        fresh.extend((next..next + len as u64).map(|offset| FreshMessage {
-            offset,
-            not_before: None,
-            for_other_group: false,
-        }));
-        let (_events, leases) = part.plan_fetch(NOW, len, LEASE_MS, &fresh);
-        anyhow::ensure!(leases.len() == len, "leased {} of {len}", leases.len());
-        next += len as u64;
-    }
-    trim_heap();
-    let in_flight = rss_bytes()? - before;
-    anyhow::ensure!(part.in_flight().count() == n, "not all messages in flight");
-    for offset in 0..n as u64 {
-        part.plan_nack(NOW, offset, 1, 0, String::new())
-            .map_err(|e| anyhow::anyhow!("nack of offset {offset}: {e}"))?;
-    }
-    trim_heap();
-    let waiting = rss_bytes()? - before;
-    anyhow::ensure!(part.in_flight().count() == 0, "messages still in flight");
-    drop(part);
-    Ok(Memory {
-        messages: n,
-        in_flight_rss_bytes: in_flight,
-        bytes_per_in_flight: in_flight as f64 / n as f64,
-        waiting_rss_bytes: waiting,
-        bytes_per_waiting: waiting as f64 / n as f64,
-    })
-}
-
 fn results_table(result: &BrokerBenchResult) -> Table {
     let mut t = Table::new(&[
         ("configuration", Align::Left),
@@ -553,40 +457,12 @@ fn results_table(result: &BrokerBenchResult) -> Table {
     t
 }
 
-fn memory_table(m: &Memory) -> Table {
-    let mut t = Table::new(&[
-        ("group state", Align::Left),
-        ("messages", Align::Right),
-        ("RSS growth", Align::Right),
-        ("bytes/message", Align::Right),
-    ]);
-    let mib = |b: i64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
-    t.row(vec![
-        "in flight (leased)".into(),
-        group_thousands(m.messages as f64),
-        mib(m.in_flight_rss_bytes),
-        format!("{:.0}", m.bytes_per_in_flight),
-    ]);
-    t.row(vec![
-        "waiting (nacked)".into(),
-        group_thousands(m.messages as f64),
-        mib(m.waiting_rss_bytes),
-        format!("{:.0}", m.bytes_per_waiting),
-    ]);
-    t
-}
-
 /// What the columns mean, said once under the tables.
 const LATENCY_NOTE: &str = "msgs/s counts appends acknowledged (log) or messages acked by a \
 consumer (broker) inside the window. Publish latency is per append (log) or per publish call \
 of a whole batch (broker), until its durable ack; end-to-end latency is per message, from the \
 start of its publish to the return of the consumer's ack. MB/s counts payload bytes \
 (10^6 bytes/s).";
-
-const MEMORY_NOTE: &str = "Group state: a sans-IO `GroupPartition` (no disk) leases every \
-message with a 12 h lease, then all are nacked; resident-set growth over the empty state \
-(`/proc/self/statm`), divided by the number of messages. The broker keeps one such \
-state per group and partition.";
 
 fn header(s: &Settings) -> String {
     format!(
@@ -618,11 +494,6 @@ fn text_report(result: &BrokerBenchResult) -> String {
     out.push_str(LATENCY_NOTE);
     out.push_str("\n\n");
     out.push_str(&ratios_table(std::slice::from_ref(&result.ratio)).to_text());
-    out.push('\n');
-    out.push_str(&memory_table(&result.memory).to_text());
-    out.push('\n');
-    out.push_str(MEMORY_NOTE);
-    out.push('\n');
     out
 }
 
@@ -650,10 +521,5 @@ fn markdown_report(result: &BrokerBenchResult) -> String {
     out.push_str(LATENCY_NOTE);
     out.push_str("\n\nRatio against the target:\n\n");
     out.push_str(&ratios_table(std::slice::from_ref(&result.ratio)).to_markdown());
-    out.push_str("\nMemory per unsettled message:\n\n");
-    out.push_str(&memory_table(&result.memory).to_markdown());
-    out.push('\n');
-    out.push_str(MEMORY_NOTE);
-    out.push('\n');
     out
 }

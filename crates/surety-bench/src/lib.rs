@@ -5,6 +5,7 @@
 
 mod broker;
 mod log;
+mod memory;
 mod outbox;
 mod peer;
 mod progress;
@@ -45,9 +46,13 @@ enum Which {
     #[command(long_about = log::LONG_ABOUT, after_help = log::AFTER_HELP)]
     Log(log::LogArgs),
     /// End-to-end throughput and latency of the embedded broker (publish, fetch, ack)
-    /// next to the log's own append rate, and memory per in-flight message
+    /// next to the log's own append rate
     #[command(long_about = broker::LONG_ABOUT, after_help = broker::AFTER_HELP)]
     Broker(broker::BrokerArgs),
+    /// Memory the embedded broker keeps per unsettled message of a group: leased,
+    /// waiting for redelivery, and after the ack
+    #[command(long_about = memory::LONG_ABOUT, after_help = memory::AFTER_HELP)]
+    Memory(memory::MemoryArgs),
     /// A Surety server over gRPC with the Rust client: closed-loop throughput end to end
     /// and publish-ack latency at a fixed rate, next to the log's own append rate
     #[command(long_about = server::LONG_ABOUT, after_help = server::AFTER_HELP)]
@@ -70,6 +75,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Log(args) => log::run(args),
         Which::Broker(args) => broker::run(args),
+        Which::Memory(args) => memory::run(args),
         Which::Server(args) => server::run(args),
         Which::Outbox(args) => outbox::run(args),
         Which::Peer(args) => peer::run(args),

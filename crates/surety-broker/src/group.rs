@@ -13,9 +13,12 @@
 //! (addressed to another group) and retention-expired offsets are *settled*; everything
 //! below `committed` is settled.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod compact;
+
+use std::collections::HashMap;
 
 use crate::backoff::Backoff;
+use compact::{OffsetMap, SortedSet};
 
 /// Milliseconds on the injected clock.
 pub type Millis = u64;
@@ -146,13 +149,75 @@ pub enum Settled {
     AlreadySettled,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The reason of an expired lease: most releases carry it, so it is kept as a flag.
+const LEASE_EXPIRED: &str = "lease expired";
+
+/// One seen, unsettled offset, in 32 bytes (its offset is its place in `attempts`); see
+/// docs/broker.md, "Memory per unsettled message".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Attempt {
+    /// Lease expiry when in flight, visibility time when waiting.
+    due: Millis,
+    /// Valid with `HAS_FIRST` / `HAS_LAST`.
+    first_delivered_at: Millis,
+    last_delivered_at: Millis,
+    /// Deliveries so far; in flight, also the number of the current one (receipts name it).
     deliveries: u32,
-    first_delivered_at: Option<Millis>,
-    last_delivered_at: Option<Millis>,
-    last_reason: Option<String>,
-    state: AttemptState,
+    /// `IN_FLIGHT`, `HAS_FIRST`, `HAS_LAST` and the last reason's kind (`REASON_*`).
+    flags: u8,
+}
+
+const IN_FLIGHT: u8 = 1;
+const HAS_FIRST: u8 = 1 << 1;
+const HAS_LAST: u8 = 1 << 2;
+const REASON_SHIFT: u32 = 3;
+const REASON_MASK: u8 = 0b11 << REASON_SHIFT;
+const REASON_NONE: u8 = 0;
+const REASON_EMPTY: u8 = 1 << REASON_SHIFT;
+const REASON_LEASE_EXPIRED: u8 = 2 << REASON_SHIFT;
+/// The text is in `GroupPartition::reasons`.
+const REASON_OTHER: u8 = 3 << REASON_SHIFT;
+
+impl Attempt {
+    /// A fresh offset set aside, never delivered.
+    fn waiting(visible_at: Millis) -> Self {
+        Self {
+            due: visible_at,
+            first_delivered_at: 0,
+            last_delivered_at: 0,
+            deliveries: 0,
+            flags: 0,
+        }
+    }
+
+    fn in_flight(&self) -> bool {
+        self.flags & IN_FLIGHT != 0
+    }
+
+    fn state(&self) -> AttemptState {
+        if self.in_flight() {
+            AttemptState::InFlight {
+                delivery: self.deliveries,
+                lease_until: self.due,
+            }
+        } else {
+            AttemptState::Waiting {
+                visible_at: self.due,
+            }
+        }
+    }
+
+    fn first_delivered_at(&self) -> Option<Millis> {
+        (self.flags & HAS_FIRST != 0).then_some(self.first_delivered_at)
+    }
+
+    fn last_delivered_at(&self) -> Option<Millis> {
+        (self.flags & HAS_LAST != 0).then_some(self.last_delivered_at)
+    }
+
+    fn reason_kind(&self) -> u8 {
+        self.flags & REASON_MASK
+    }
 }
 
 /// Where an unsettled, seen offset is.
@@ -227,14 +292,16 @@ pub struct GroupPartition {
     committed: u64,
     /// Offsets at or above were never seen by this group.
     next_fresh: u64,
-    /// Settled offsets in `[committed, next_fresh)`.
-    settled: BTreeSet<u64>,
-    /// Seen, unsettled offsets: in flight or waiting.
-    attempts: BTreeMap<u64, Attempt>,
+    /// Seen, unsettled offsets: in flight or waiting. Every other offset in
+    /// `[committed, next_fresh)` is settled, so settled ones need no record.
+    attempts: OffsetMap<Attempt>,
+    /// The last reasons that are neither empty nor "lease expired", by offset (only
+    /// offsets whose attempt says `REASON_OTHER`).
+    reasons: HashMap<u64, Box<str>>,
     /// In-flight offsets by lease expiry.
-    leases: BTreeSet<(Millis, u64)>,
+    leases: SortedSet<(Millis, u64)>,
     /// Waiting offsets by visibility time.
-    waiting: BTreeSet<(Millis, u64)>,
+    waiting: SortedSet<(Millis, u64)>,
     counters: Counters,
     /// Seeks applied so far; receipts carry it, so one issued before a seek is stale.
     seeks: u32,
@@ -248,10 +315,10 @@ impl GroupPartition {
             start,
             committed: start,
             next_fresh: start,
-            settled: BTreeSet::new(),
-            attempts: BTreeMap::new(),
-            leases: BTreeSet::new(),
-            waiting: BTreeSet::new(),
+            attempts: OffsetMap::default(),
+            reasons: HashMap::new(),
+            leases: SortedSet::default(),
+            waiting: SortedSet::default(),
             counters: Counters::default(),
             seeks: 0,
         }
@@ -288,44 +355,38 @@ impl GroupPartition {
 
     /// The delivery count of an unsettled offset (0 if never delivered or settled).
     pub fn deliveries(&self, offset: u64) -> u32 {
-        self.attempts.get(&offset).map_or(0, |a| a.deliveries)
+        self.attempts.get(offset).map_or(0, |a| a.deliveries)
     }
 
     /// The offsets leased right now, with their delivery numbers.
     pub fn in_flight(&self) -> impl Iterator<Item = Lease> + '_ {
-        self.leases.iter().map(|&(lease_until, offset)| {
-            let delivery = match self.attempts[&offset].state {
-                AttemptState::InFlight { delivery, .. } => delivery,
-                AttemptState::Waiting { .. } => unreachable!("leases index only in-flight offsets"),
-            };
-            Lease {
-                offset,
-                delivery,
-                lease_until,
-            }
+        self.leases.iter().map(|(lease_until, offset)| Lease {
+            offset,
+            delivery: self.attempt(offset).deliveries,
+            lease_until,
         })
     }
 
     pub fn is_settled(&self, offset: u64) -> bool {
-        offset < self.committed || self.settled.contains(&offset)
+        offset < self.committed || (offset < self.next_fresh && !self.attempts.contains(offset))
     }
 
     /// Whether a fetch at `now` could deliver something that is already known to this
     /// group (a due redelivery or an expired lease), besides fresh messages.
     pub fn has_due(&self, now: Millis) -> bool {
-        self.waiting.first().is_some_and(|&(t, _)| t <= now)
-            || self.leases.first().is_some_and(|&(t, _)| t <= now)
+        self.waiting.first().is_some_and(|(t, _)| t <= now)
+            || self.leases.first().is_some_and(|(t, _)| t <= now)
     }
 
     /// When the earliest lease runs out: the sweeper expires it then, consumer or not.
     pub fn next_lease_expiry(&self) -> Option<Millis> {
-        self.leases.first().map(|&(t, _)| t)
+        self.leases.first().map(|(t, _)| t)
     }
 
     /// The earliest time something known becomes due (for long-poll wake-ups).
     pub fn next_due(&self) -> Option<Millis> {
-        let w = self.waiting.first().map(|&(t, _)| t);
-        let l = self.leases.first().map(|&(t, _)| t);
+        let w = self.waiting.first().map(|(t, _)| t);
+        let l = self.leases.first().map(|(t, _)| t);
         w.into_iter().chain(l).min()
     }
 
@@ -351,19 +412,16 @@ impl GroupPartition {
     /// or dead-lettered if it has used all its deliveries.
     pub fn plan_expiry(&mut self, now: Millis) -> Vec<Event> {
         let mut events = Vec::new();
-        while let Some(&(lease_until, offset)) = self.leases.first() {
+        while let Some((lease_until, offset)) = self.leases.first() {
             if lease_until > now {
                 break;
             }
-            let a = &self.attempts[&offset];
-            let AttemptState::InFlight { delivery, .. } = a.state else {
-                unreachable!("leases index only in-flight offsets")
-            };
+            let delivery = self.attempt(offset).deliveries;
             let e = self.release_or_dead_letter(
                 offset,
                 delivery,
                 lease_until,
-                "lease expired".into(),
+                LEASE_EXPIRED.into(),
                 now,
             );
             self.apply_checked(&e);
@@ -388,13 +446,13 @@ impl GroupPartition {
         let mut leases = Vec::new();
         let lease_until = now.saturating_add(lease_ms.max(1));
         while leases.len() < max {
-            let Some(&(visible_at, offset)) = self.waiting.first() else {
+            let Some((visible_at, offset)) = self.waiting.first() else {
                 break;
             };
             if visible_at > now {
                 break;
             }
-            let delivery = self.attempts[&offset].deliveries + 1;
+            let delivery = self.attempt(offset).deliveries + 1;
             let e = Event::Delivered {
                 offset,
                 delivery,
@@ -522,10 +580,10 @@ impl GroupPartition {
     }
 
     fn check_current(&self, now: Millis, offset: u64, delivery: u32) -> Result<(), SettleError> {
-        let Some(a) = self.attempts.get(&offset) else {
+        let Some(a) = self.attempts.get(offset) else {
             return Err(SettleError::NotDelivered(offset));
         };
-        match a.state {
+        match a.state() {
             AttemptState::InFlight {
                 delivery: current,
                 lease_until,
@@ -564,15 +622,15 @@ impl GroupPartition {
         reason: String,
         now: Millis,
     ) -> Event {
-        let a = &self.attempts[&offset];
+        let a = self.attempt(offset);
         if a.deliveries >= self.policy.max_deliveries.max(1) {
             Event::DeadLettered {
                 offset,
                 reason,
                 at: now,
                 attempts: a.deliveries,
-                first_delivered_at: a.first_delivered_at,
-                last_delivered_at: a.last_delivered_at,
+                first_delivered_at: a.first_delivered_at(),
+                last_delivered_at: a.last_delivered_at(),
             }
         } else {
             Event::Released {
@@ -613,23 +671,23 @@ impl GroupPartition {
                     }
                     self.take_fresh_as_waiting(offset, at);
                 }
-                let Some(a) = self.attempts.get_mut(&offset) else {
+                let Some(a) = self.attempts.get_mut(offset) else {
                     return fail("offset is not pending");
                 };
-                let AttemptState::Waiting { visible_at } = a.state else {
+                if a.in_flight() {
                     return fail("offset is already in flight");
-                };
+                }
                 if delivery != a.deliveries + 1 {
                     return fail("delivery count must rise by one");
                 }
-                self.waiting.remove(&(visible_at, offset));
+                self.waiting.remove((a.due, offset));
                 a.deliveries = delivery;
-                a.first_delivered_at.get_or_insert(at);
-                a.last_delivered_at = Some(at);
-                a.state = AttemptState::InFlight {
-                    delivery,
-                    lease_until,
-                };
+                if a.flags & HAS_FIRST == 0 {
+                    a.first_delivered_at = at;
+                }
+                a.last_delivered_at = at;
+                a.due = lease_until;
+                a.flags |= IN_FLIGHT | HAS_FIRST | HAS_LAST;
                 self.leases.insert((lease_until, offset));
                 if delivery > 1 {
                     self.counters.redeliveries += 1;
@@ -650,20 +708,14 @@ impl GroupPartition {
                 self.settle(offset);
             }
             Event::Acked { offset, delivery } => {
-                match self.attempts.get(&offset).map(|a| a.state) {
-                    Some(AttemptState::InFlight {
-                        delivery: current,
-                        lease_until,
-                    }) if current == delivery => {
-                        self.leases.remove(&(lease_until, offset));
-                    }
-                    _ => {
-                        return fail(
-                            "only the current delivery of an in-flight offset can be acked",
-                        );
-                    }
+                if !self
+                    .attempts
+                    .get(offset)
+                    .is_some_and(|a| a.in_flight() && a.deliveries == delivery)
+                {
+                    return fail("only the current delivery of an in-flight offset can be acked");
                 }
-                self.attempts.remove(&offset);
+                self.remove_attempt(offset);
                 self.counters.acked += 1;
                 self.settle(offset);
             }
@@ -674,24 +726,18 @@ impl GroupPartition {
                 ref reason,
                 ..
             } => {
-                let Some(a) = self.attempts.get_mut(&offset) else {
+                let Some(a) = self.attempts.get_mut(offset) else {
                     return fail("offset is not pending");
                 };
-                match a.state {
-                    AttemptState::InFlight {
-                        delivery: current,
-                        lease_until,
-                    } if current == delivery => {
-                        self.leases.remove(&(lease_until, offset));
-                    }
-                    _ => {
-                        return fail(
-                            "only the current delivery of an in-flight offset can be released",
-                        );
-                    }
+                if !(a.in_flight() && a.deliveries == delivery) {
+                    return fail(
+                        "only the current delivery of an in-flight offset can be released",
+                    );
                 }
-                a.state = AttemptState::Waiting { visible_at };
-                a.last_reason = Some(reason.clone());
+                self.leases.remove((a.due, offset));
+                a.due = visible_at;
+                a.flags &= !IN_FLIGHT;
+                set_reason(a, &mut self.reasons, offset, Some(reason.clone()));
                 self.waiting.insert((visible_at, offset));
             }
             Event::DeadLettered { offset, .. } => {
@@ -703,8 +749,7 @@ impl GroupPartition {
             }
             Event::ExpiredUnsettled { below } => {
                 let mut expired = 0;
-                let pending: Vec<u64> = self.attempts.range(..below).map(|(&o, _)| o).collect();
-                for o in pending {
+                for o in self.attempts.offsets_below(below) {
                     self.remove_attempt(o);
                     expired += 1;
                 }
@@ -714,19 +759,16 @@ impl GroupPartition {
                 }
                 self.counters.expired_unsettled += expired;
                 // Everything below is settled now.
-                let keep = self.settled.split_off(&below);
-                self.settled = keep;
-                self.committed = self.committed.max(below);
                 self.advance_committed();
             }
             Event::Seeked { to } => {
                 // Below `to`: unsettled offsets (seen or not) are passed over.
-                let seen_below = self.attempts.range(..to).count() as u64;
+                let seen_below = self.attempts.count_below(to) as u64;
                 let unseen_below = to.saturating_sub(self.next_fresh);
                 // From `to` on: settled offsets the group is responsible for come back.
                 let from = to.max(self.start);
                 let replayed = if from < self.next_fresh {
-                    let unsettled = self.attempts.range(from..).count() as u64;
+                    let unsettled = (self.attempts.len() - self.attempts.count_below(from)) as u64;
                     (self.next_fresh - from) - unsettled
                 } else {
                     0
@@ -737,8 +779,8 @@ impl GroupPartition {
                 self.start = self.start.min(to);
                 self.committed = to;
                 self.next_fresh = to;
-                self.settled.clear();
                 self.attempts.clear();
+                self.reasons.clear();
                 self.leases.clear();
                 self.waiting.clear();
                 self.seeks = self.seeks.wrapping_add(1);
@@ -753,18 +795,18 @@ impl GroupPartition {
             start: self.start,
             committed: self.committed,
             next_fresh: self.next_fresh,
-            settled: self.settled.iter().copied().collect(),
+            settled: self.settled_offsets(),
             seeks: self.seeks,
             attempts: self
                 .attempts
                 .iter()
-                .map(|(&offset, a)| AttemptSnapshot {
+                .map(|(offset, a)| AttemptSnapshot {
                     offset,
                     deliveries: a.deliveries,
-                    first_delivered_at: a.first_delivered_at,
-                    last_delivered_at: a.last_delivered_at,
-                    last_reason: a.last_reason.clone(),
-                    state: a.state,
+                    first_delivered_at: a.first_delivered_at(),
+                    last_delivered_at: a.last_delivered_at(),
+                    last_reason: self.reason(offset, a),
+                    state: a.state(),
                 })
                 .collect(),
             counters: self.counters,
@@ -787,17 +829,34 @@ impl GroupPartition {
         {
             return Err("offsets are not strictly ascending");
         }
-        for o in s.settled {
-            if o < s.committed || o >= s.next_fresh || !g.settled.insert(o) {
-                return Err("settled offset out of range or repeated");
-            }
+        if s.settled
+            .iter()
+            .any(|&o| o < s.committed || o >= s.next_fresh)
+        {
+            return Err("settled offset out of range or repeated");
         }
-        if g.settled.first() == Some(&g.committed) {
+        if s.settled.first() == Some(&s.committed) {
             return Err("committed is not advanced over the settled prefix");
         }
+        // Both lists are ascending: a merge finds an offset in both.
+        let mut settled = s.settled.iter().peekable();
         for a in s.attempts {
-            if a.offset < s.committed || a.offset >= s.next_fresh || g.settled.contains(&a.offset) {
+            while settled.next_if(|&&o| o < a.offset).is_some() {}
+            if a.offset < s.committed
+                || a.offset >= s.next_fresh
+                || settled.peek() == Some(&&a.offset)
+            {
                 return Err("attempt offset out of range or settled");
+            }
+            let mut attempt = Attempt::waiting(0);
+            attempt.deliveries = a.deliveries;
+            if let Some(t) = a.first_delivered_at {
+                attempt.first_delivered_at = t;
+                attempt.flags |= HAS_FIRST;
+            }
+            if let Some(t) = a.last_delivered_at {
+                attempt.last_delivered_at = t;
+                attempt.flags |= HAS_LAST;
             }
             match a.state {
                 AttemptState::InFlight {
@@ -807,22 +866,24 @@ impl GroupPartition {
                     if delivery != a.deliveries || delivery == 0 {
                         return Err("in-flight delivery does not match the delivery count");
                     }
+                    attempt.due = lease_until;
+                    attempt.flags |= IN_FLIGHT;
                     g.leases.insert((lease_until, a.offset));
                 }
                 AttemptState::Waiting { visible_at } => {
+                    attempt.due = visible_at;
                     g.waiting.insert((visible_at, a.offset));
                 }
             }
-            let attempt = Attempt {
-                deliveries: a.deliveries,
-                first_delivered_at: a.first_delivered_at,
-                last_delivered_at: a.last_delivered_at,
-                last_reason: a.last_reason,
-                state: a.state,
-            };
-            if g.attempts.insert(a.offset, attempt).is_some() {
-                return Err("attempt offset repeated");
-            }
+            set_reason(&mut attempt, &mut g.reasons, a.offset, a.last_reason);
+            g.attempts.insert(a.offset, attempt);
+        }
+        // Settled offsets are not recorded but implied, so every offset in between must be
+        // one or the other (as every snapshot this code writes has it).
+        if (s.settled.len() + g.attempts.len()) as u64 != s.next_fresh - s.committed {
+            return Err(
+                "an offset between committed and next_fresh is neither settled nor pending",
+            );
         }
         Ok(g)
     }
@@ -831,42 +892,86 @@ impl GroupPartition {
     fn take_fresh_as_waiting(&mut self, offset: u64, visible_at: Millis) {
         debug_assert_eq!(offset, self.next_fresh);
         self.next_fresh += 1;
-        let attempt = Attempt {
-            deliveries: 0,
-            first_delivered_at: None,
-            last_delivered_at: None,
-            last_reason: None,
-            state: AttemptState::Waiting { visible_at },
-        };
-        self.attempts.insert(offset, attempt);
+        self.attempts.insert(offset, Attempt::waiting(visible_at));
         self.waiting.insert((visible_at, offset));
     }
 
-    /// Forgets an unsettled offset and its place in the lease or waiting index.
+    /// The attempt of an offset an index or the caller knows to be unsettled.
+    fn attempt(&self, offset: u64) -> &Attempt {
+        self.attempts
+            .get(offset)
+            .expect("indexed offsets have an attempt")
+    }
+
+    fn reason(&self, offset: u64, a: &Attempt) -> Option<String> {
+        match a.reason_kind() {
+            REASON_NONE => None,
+            REASON_EMPTY => Some(String::new()),
+            REASON_LEASE_EXPIRED => Some(LEASE_EXPIRED.into()),
+            _ => Some(self.reasons[&offset].to_string()),
+        }
+    }
+
+    /// Forgets an unsettled offset, its place in the lease or waiting index and its reason.
     fn remove_attempt(&mut self, offset: u64) -> Option<Attempt> {
-        let a = self.attempts.remove(&offset)?;
-        match a.state {
-            AttemptState::InFlight { lease_until, .. } => {
-                self.leases.remove(&(lease_until, offset))
-            }
-            AttemptState::Waiting { visible_at } => self.waiting.remove(&(visible_at, offset)),
-        };
+        let a = self.attempts.remove(offset)?;
+        if a.in_flight() {
+            self.leases.remove((a.due, offset));
+        } else {
+            self.waiting.remove((a.due, offset));
+        }
+        if a.reason_kind() == REASON_OTHER {
+            self.reasons.remove(&offset);
+        }
         Some(a)
     }
 
+    /// The offset was just settled (its attempt, if any, removed).
     fn settle(&mut self, offset: u64) {
-        self.settled.insert(offset);
+        debug_assert!(!self.attempts.contains(offset));
         self.advance_committed();
     }
 
+    /// `committed` moves up to the lowest unsettled offset: the first attempt, or the
+    /// first offset never seen.
     fn advance_committed(&mut self) {
-        while self.settled.first() == Some(&self.committed) {
-            self.settled.pop_first();
-            self.committed += 1;
+        self.committed = self.attempts.first_offset().unwrap_or(self.next_fresh);
+    }
+
+    /// The settled offsets in `[committed, next_fresh)`: those without an attempt.
+    fn settled_offsets(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut next = self.committed;
+        for (o, _) in self.attempts.iter() {
+            out.extend(next..o);
+            next = o + 1;
         }
-        // Offsets below `committed` need no record.
-        while self.settled.first().is_some_and(|&o| o < self.committed) {
-            self.settled.pop_first();
+        out.extend(next..self.next_fresh);
+        out
+    }
+}
+
+/// Records `reason` as the attempt's last reason: the common ones as a flag, any other
+/// in the side map.
+fn set_reason(
+    a: &mut Attempt,
+    reasons: &mut HashMap<u64, Box<str>>,
+    offset: u64,
+    reason: Option<String>,
+) {
+    let kind = match reason.as_deref() {
+        None => REASON_NONE,
+        Some("") => REASON_EMPTY,
+        Some(LEASE_EXPIRED) => REASON_LEASE_EXPIRED,
+        Some(_) => REASON_OTHER,
+    };
+    a.flags = (a.flags & !REASON_MASK) | kind;
+    match reason {
+        Some(r) if kind == REASON_OTHER => {
+            reasons.insert(offset, r.into_boxed_str());
+        }
+        _ => {
+            reasons.remove(&offset);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Runs the built `surety` binary end to end: very short `bench log`, `bench broker`,
-//! `bench server` and `bench peer` runs must produce complete JSON, write no Markdown, and
+//! `bench memory`, `bench server` and `bench peer` runs must produce complete JSON, write no Markdown, and
 //! leave no benchmark files behind.
 
 use std::process::Command;
@@ -102,8 +102,6 @@ fn bench_broker_json() {
             "1",
             "--consumers",
             "1",
-            "--inflight",
-            "10000",
             "--no-write",
             "--json",
         ])
@@ -129,14 +127,50 @@ fn bench_broker_json() {
         "/broker/end_to_end_latency/p99_us",
         "/ratio/value",
         "/ratio/target",
-        "/memory/bytes_per_in_flight",
     ] {
         positive(&v, path);
     }
     assert!(v["log"]["end_to_end_latency"].is_null());
-    assert_eq!(v["memory"]["messages"].as_u64(), Some(10_000));
     assert_eq!(v["settings"]["producers"].as_u64(), Some(1));
     assert_eq!(v["settings"]["partitions"].as_u64(), Some(4));
+
+    let left: Vec<_> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn bench_memory_json() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_surety"))
+        .args([
+            "bench",
+            "memory",
+            "--messages",
+            "3000",
+            "--no-write",
+            "--json",
+        ])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "surety failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3, "in flight, waiting, settled");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["messages"].as_u64(), Some(3000));
+        positive(&v, &format!("/rows/{i}/status/vm_rss"));
+        assert!(row["bytes_per_message"].is_number());
+    }
+    positive(&v, "/baseline/vm_rss");
+    assert_eq!(v["settings"]["payload_bytes"].as_u64(), Some(16));
 
     let left: Vec<_> = std::fs::read_dir(cwd.path())
         .unwrap()
