@@ -31,7 +31,7 @@ pub use broker::{
 };
 pub use dedupe::{
     Begin, DedupeConfig, DedupeKey, DedupeSnapshot, DedupeStats, DedupeTable, Reservation,
-    StoredKey,
+    StoredKey, decode_snapshot as decode_dedupe_snapshot,
 };
 pub use error::BrokerError;
 pub use group::{
