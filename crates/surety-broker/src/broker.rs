@@ -41,6 +41,7 @@ use crate::group::{Event, FreshMessage, GroupPartition, GroupStats, Lease, Milli
 use crate::limits;
 use crate::message::{Lineage, PublishMessage, StoredMessage};
 use crate::receipt::{ReceiptData, ReceiptKey};
+use crate::session::SettleOp;
 use crate::topic::{
     DurabilityConfig, TopicConfig, TopicConfigPatch, partition_for, validate_group_name,
     validate_topic_name,
@@ -1778,10 +1779,15 @@ impl Broker {
         group_name: &str,
         receipts: &[String],
     ) -> Result<usize, BrokerError> {
-        self.settle(topic_name, group_name, receipts, |part, now, d| {
-            part.plan_ack(now, d.offset, d.delivery)
-        })
-        .await
+        let op = SettleOp::Ack;
+        let staged = self.stage_settle(
+            topic_name,
+            group_name,
+            receipts,
+            &op,
+            BatchMode::AllOrNothing,
+        );
+        Ok(changed(&staged.await?.durable().await?))
     }
 
     /// Negatively acknowledges deliveries: each becomes visible again after
@@ -1794,17 +1800,18 @@ impl Broker {
         delay: Duration,
         reason: &str,
     ) -> Result<usize, BrokerError> {
-        let outcomes = self
-            .nack_batch(
-                topic_name,
-                group_name,
-                receipts,
-                delay,
-                reason,
-                BatchMode::AllOrNothing,
-            )
-            .await?;
-        Ok(outcomes.iter().filter(|o| matches!(o, Ok(true))).count())
+        let op = SettleOp::Nack {
+            delay,
+            reason: reason.to_owned(),
+        };
+        let staged = self.stage_settle(
+            topic_name,
+            group_name,
+            receipts,
+            &op,
+            BatchMode::AllOrNothing,
+        );
+        Ok(changed(&staged.await?.durable().await?))
     }
 
     /// [`Self::nack`], each receipt on its own (see [`Self::ack_each`]).
@@ -1816,47 +1823,14 @@ impl Broker {
         delay: Duration,
         reason: &str,
     ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
-        self.nack_batch(
-            topic_name,
-            group_name,
-            receipts,
+        let op = SettleOp::Nack {
             delay,
-            reason,
-            BatchMode::Each,
-        )
-        .await
-    }
-
-    async fn nack_batch(
-        &self,
-        topic_name: &str,
-        group_name: &str,
-        receipts: &[String],
-        delay: Duration,
-        reason: &str,
-        mode: BatchMode,
-    ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
-        self.stage_nack_batch(topic_name, group_name, receipts, delay, reason, mode)
+            reason: reason.to_owned(),
+        };
+        self.stage_settle_each(topic_name, group_name, receipts, &op)
             .await?
             .durable()
             .await
-    }
-
-    async fn stage_nack_batch(
-        &self,
-        topic_name: &str,
-        group_name: &str,
-        receipts: &[String],
-        delay: Duration,
-        reason: &str,
-        mode: BatchMode,
-    ) -> Result<StagedSettle, BrokerError> {
-        let delay_ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
-        limits::check_nack(delay_ms, reason)?;
-        self.stage_settle_batch(topic_name, group_name, receipts, mode, |part, now, d| {
-            part.plan_nack(now, d.offset, d.delivery, delay_ms, reason.to_owned())
-        })
-        .await
     }
 
     /// Acknowledges each delivery on its own: valid receipts are applied together, in one
@@ -1869,63 +1843,43 @@ impl Broker {
         group_name: &str,
         receipts: &[String],
     ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
-        self.settle_batch(
-            topic_name,
-            group_name,
-            receipts,
-            BatchMode::Each,
-            |part, now, d| part.plan_ack(now, d.offset, d.delivery),
-        )
-        .await
-    }
-
-    async fn settle(
-        &self,
-        topic_name: &str,
-        group_name: &str,
-        receipts: &[String],
-        op: impl Fn(
-            &mut GroupPartition,
-            Millis,
-            ReceiptData,
-        ) -> Result<Settled, crate::group::SettleError>,
-    ) -> Result<usize, BrokerError> {
-        let outcomes = self
-            .settle_batch(
-                topic_name,
-                group_name,
-                receipts,
-                BatchMode::AllOrNothing,
-                op,
-            )
-            .await?;
-        Ok(outcomes
-            .into_iter()
-            .filter(|o| matches!(o, Ok(true)))
-            .count())
-    }
-
-    /// Checks every receipt, then applies the acceptable ones in one journal commit.
-    /// `AllOrNothing` refuses the whole batch (changing nothing) at the first bad one.
-    async fn settle_batch(
-        &self,
-        topic_name: &str,
-        group_name: &str,
-        receipts: &[String],
-        mode: BatchMode,
-        op: impl Fn(
-            &mut GroupPartition,
-            Millis,
-            ReceiptData,
-        ) -> Result<Settled, crate::group::SettleError>,
-    ) -> Result<Vec<Result<bool, BrokerError>>, BrokerError> {
-        self.stage_settle_batch(topic_name, group_name, receipts, mode, op)
+        self.stage_settle_each(topic_name, group_name, receipts, &SettleOp::Ack)
             .await?
             .durable()
             .await
     }
 
-    /// [`Self::settle_batch`] up to the journal commit's submission.
+    /// Checks `op`'s own fields (a nack's delay and reason), then
+    /// [`Self::stage_settle_batch`] with the group state's plan for it.
+    async fn stage_settle(
+        &self,
+        topic_name: &str,
+        group_name: &str,
+        receipts: &[String],
+        op: &SettleOp,
+        mode: BatchMode,
+    ) -> Result<StagedSettle, BrokerError> {
+        match op {
+            SettleOp::Ack => {
+                self.stage_settle_batch(topic_name, group_name, receipts, mode, |part, now, d| {
+                    part.plan_ack(now, d.offset, d.delivery)
+                })
+                .await
+            }
+            SettleOp::Nack { delay, reason } => {
+                let delay_ms = delay.as_millis().try_into().unwrap_or(u64::MAX);
+                limits::check_nack(delay_ms, reason)?;
+                self.stage_settle_batch(topic_name, group_name, receipts, mode, |part, now, d| {
+                    part.plan_nack(now, d.offset, d.delivery, delay_ms, reason.clone())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Checks every receipt, then applies the acceptable ones and submits their journal
+    /// commit. `AllOrNothing` refuses the whole batch (changing nothing) at the first bad
+    /// one.
     async fn stage_settle_batch(
         &self,
         topic_name: &str,
@@ -2017,31 +1971,10 @@ impl Broker {
         topic_name: &str,
         group_name: &str,
         receipts: &[String],
-        op: &crate::session::SettleOp,
+        op: &SettleOp,
     ) -> Result<StagedSettle, BrokerError> {
-        match op {
-            crate::session::SettleOp::Ack => {
-                self.stage_settle_batch(
-                    topic_name,
-                    group_name,
-                    receipts,
-                    BatchMode::Each,
-                    |part, now, d| part.plan_ack(now, d.offset, d.delivery),
-                )
-                .await
-            }
-            crate::session::SettleOp::Nack { delay, reason } => {
-                self.stage_nack_batch(
-                    topic_name,
-                    group_name,
-                    receipts,
-                    *delay,
-                    reason,
-                    BatchMode::Each,
-                )
-                .await
-            }
-        }
+        self.stage_settle(topic_name, group_name, receipts, op, BatchMode::Each)
+            .await
     }
 
     /// All of the group's live dead letters, oldest first (every page; for small queues
@@ -2630,6 +2563,11 @@ impl Broker {
             topic.journal.close();
         }
     }
+}
+
+/// How many settlements changed state (repeats of earlier ones count zero).
+fn changed(outcomes: &[Result<bool, BrokerError>]) -> usize {
+    outcomes.iter().filter(|o| matches!(o, Ok(true))).count()
 }
 
 /// Stops a topic after a failed journal or dead-letter write: its in-memory group state
