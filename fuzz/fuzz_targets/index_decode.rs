@@ -14,6 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use surety_fuzz::crc32c;
 use surety_log::index::{
     INDEX_ENTRY_LEN, INDEX_FORMAT_VERSION, INDEX_HEADER_LEN, INDEX_MAGIC, IndexFile,
 };
@@ -73,19 +74,3 @@ fuzz_target!(|input: &[u8]| {
         "the re-encoded file decodes differently"
     );
 });
-
-/// CRC-32C (Castagnoli), bitwise: independent of the implementation under test.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}

@@ -15,6 +15,7 @@ use surety_broker::codec::{
     encode_snapshot,
 };
 use surety_broker::{GroupPartition, GroupPolicy};
+use surety_fuzz::with_trailing_crc;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&which, data)) = input.split_first() else {
@@ -36,13 +37,7 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         _ => {
-            // Let the fuzzer past the checksum: recompute it over the body.
-            let mut bytes = data.to_vec();
-            if bytes.len() >= 14 {
-                let n = bytes.len();
-                let crc = crc32c(&bytes[..n - 4]);
-                bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
-            }
+            let bytes = with_trailing_crc(data, 14);
             if let Ok(snap) = decode_snapshot(&bytes) {
                 let encoded = encode_snapshot(&snap);
                 if bytes[8..10] == SNAPSHOT_VERSION.to_le_bytes() {
@@ -64,19 +59,3 @@ fuzz_target!(|input: &[u8]| {
         }
     }
 });
-
-/// CRC-32C (Castagnoli), bitwise: the fuzz crate need not depend on the crc32c crate.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}

@@ -13,6 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use surety_fuzz::crc32c;
 use surety_log::NewRecord;
 use surety_log::record::{self, DecodeError, FRAME_PREFIX_LEN, MIN_FRAME_LEN};
 
@@ -95,20 +96,4 @@ fn check(data: &[u8], max: usize) {
         Ok(&frame),
         "decoding the frame alone gives a different result"
     );
-}
-
-/// CRC-32C (Castagnoli), bitwise: independent of the implementation under test.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
