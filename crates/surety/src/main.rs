@@ -23,10 +23,11 @@ Then, from another terminal:
   surety publish orders 'order 42 created'
   surety consume orders --group billing      # prints, then acks what it printed
 
-Client commands talk to --server (env SURETY_SERVER, default http://127.0.0.1:7333);
---server, --token and --json may come before or after the command:
-  surety --server 10.0.0.5:7333 --json topics list
-  surety topics list --server 10.0.0.5:7333 --json
+Client commands talk to --backend (env SURETY_BACKEND, default http://127.0.0.1:7333):
+a Surety server, or NATS JetStream (nats://HOST:4222) with the same reliability layer.
+--backend (alias --server), --token and --json may come before or after the command:
+  surety --backend 10.0.0.5:7333 --json topics list
+  surety topics list --backend nats://127.0.0.1:4222 --json
 
 Run `surety help <command>` for the options of a command.";
 
@@ -66,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Client(_)) {
         // `surety --json serve` would be silently ignored otherwise.
-        if let Some(flag) = ["server", "token", "json"]
+        if let Some(flag) = ["backend", "token", "json"]
             .into_iter()
             .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
         {
@@ -108,7 +109,7 @@ mod tests {
                 panic!("{cli:?}")
             };
             let conn = t.conn.over(&cli.client);
-            assert_eq!(conn.server, "a:1");
+            assert_eq!(conn.backend, "a:1");
             assert!(conn.json);
         }
         // After the command wins over before it.
@@ -118,7 +119,7 @@ mod tests {
         let Command::Client(cli::Command::Dlq(d)) = &both.command else {
             panic!()
         };
-        assert_eq!(d.conn.over(&both.client).server, "b:2");
+        assert_eq!(d.conn.over(&both.client).backend, "b:2");
     }
 
     #[test]

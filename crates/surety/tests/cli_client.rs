@@ -290,7 +290,7 @@ fn errors_are_one_line_with_exit_codes() {
     assert!(
         run_at("ftp://localhost:7333", &["topics", "list"], b"")
             .fails(2)
-            .contains("--server")
+            .contains("--backend \"ftp://localhost:7333\": unknown scheme")
     );
     assert_eq!(
         s.json(&["topics", "describe", "t"])["groups"],
@@ -643,7 +643,7 @@ fn server_without_scheme_is_http() {
     }
     let err = run(&["topics", "list", "--server", "localhost:port"], b"").fails_alone(2);
     assert!(
-        err.starts_with("error: --server \"localhost:port\""),
+        err.starts_with("error: --backend \"localhost:port\""),
         "{err}"
     );
 }

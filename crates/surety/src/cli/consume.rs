@@ -8,6 +8,7 @@ use surety_wire::rest;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::error::CliError;
+use super::exec::{self, ExecSettings};
 use super::http::{Client, decode};
 use super::settle::refused_line;
 use super::{ClientArgs, Conn, output};
@@ -37,10 +38,23 @@ connection dropped are acked after the reconnect; if their lease ran out meanwhi
 again: at least once. A refusal by the server (topic_not_found, invalid_name, ...)
 still ends the command.
 
+--exec CMD runs CMD (through sh -c) once per message, with the payload on stdin and
+SURETY_TOPIC, SURETY_GROUP, SURETY_KEY, SURETY_DELIVERY_COUNT, SURETY_PRODUCER_ID,
+SURETY_SEQUENCE, SURETY_MESSAGE_ID, SURETY_POSITION and SURETY_PARTITION in its
+environment (empty where the message has none). Exit status 0 acks the message; any
+other nacks it with the last line of the command's stderr as the reason, so a message
+that fails max_deliveries times ends in the dead letters with that reason. It runs until
+Ctrl-C or SIGTERM (or until --max commands finished, if given), --concurrency commands
+at a time; commands already running finish and are settled before it exits. A command
+that outlives the lease (--lease-ms) loses its message to a redelivery. It works the
+same on every --backend.
+
 Examples:
   surety consume orders --group billing
   surety consume orders --group billing --follow --json | jq .payload
-  surety consume orders --group billing --no-ack --max 1 --lease-ms 5000";
+  surety consume orders --group billing --no-ack --max 1 --lease-ms 5000
+  surety consume orders --group billing --exec './bill.sh' --concurrency 4
+  surety consume orders --group mail --exec 'jq -e .email >/dev/null || { echo no email >&2; exit 1; }'";
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
@@ -49,9 +63,10 @@ pub struct ConsumeArgs {
     /// Consumer group: its position and acks are kept by the server
     #[arg(long, short)]
     group: String,
-    /// Messages to fetch (with --follow: per fetch)
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    max: u32,
+    /// Messages to fetch (with --follow: per fetch; with --exec: commands to run, then
+    /// stop) [default: 10; with --exec unlimited]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max: Option<u32>,
     /// Keep fetching (long polling) until Ctrl-C or SIGTERM; survives server restarts
     #[arg(long, short)]
     follow: bool,
@@ -64,6 +79,18 @@ pub struct ConsumeArgs {
     /// How long the messages stay leased to us before redelivery [default: the topic's ack wait]
     #[arg(long, value_name = "MS")]
     lease_ms: Option<u64>,
+    /// Run CMD (sh -c) per message, payload on stdin: exit 0 acks, else nack with the
+    /// last line of its stderr as the reason (see above)
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["no_ack", "follow", "wait_ms"])]
+    exec: Option<String>,
+    /// With --exec: commands running at once
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "exec",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    concurrency: u32,
+    /// With --exec: a failed message comes back no sooner than this (the topic's
+    /// backoff applies too): 500ms, 5s, 1m
+    #[arg(long, value_name = "DURATION", requires = "exec", value_parser = super::time::parse_duration)]
+    nack_delay: Option<Duration>,
     /// Last, so that its help heading does not swallow the options above.
     #[command(flatten)]
     pub conn: ClientArgs,
@@ -79,6 +106,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_PER_FETCH: u32 = 1_000;
 
 pub async fn run(args: ConsumeArgs, conn: &Conn) -> Result<(), CliError> {
+    if let Some(command) = &args.exec {
+        let nack_delay = args.nack_delay.unwrap_or_default();
+        super::time::check_delay("--nack-delay", &super::time::human(nack_delay), nack_delay)
+            .map_err(CliError::Usage)?;
+        let settings = ExecSettings {
+            topic: args.topic.clone(),
+            group: args.group.clone(),
+            command: command.clone(),
+            concurrency: args.concurrency,
+            max: args.max.map(u64::from),
+            lease: args.lease_ms.map(Duration::from_millis),
+            nack_delay,
+        };
+        return exec::run(settings, conn).await;
+    }
     let client = Client::new(conn)?;
     let consumer = Consumer {
         client: &client,
@@ -98,10 +140,17 @@ struct Consumer<'a> {
     json: bool,
 }
 
+/// `--max` when not given.
+const DEFAULT_MAX: u32 = 10;
+
 impl Consumer<'_> {
+    fn max(&self) -> u32 {
+        self.args.max.unwrap_or(DEFAULT_MAX)
+    }
+
     /// Up to `--max` messages, then exit.
     async fn once(&self) -> Result<(), CliError> {
-        let mut left = self.args.max;
+        let mut left = self.max();
         let mut wait = self.args.wait_ms.unwrap_or(0);
         let mut total = 0;
         // The server may hand out fewer than asked per fetch: ask again until
@@ -190,7 +239,7 @@ impl Consumer<'_> {
                 biased;
                 _ = interrupt.recv() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
-                batch = self.fetch(self.args.max.min(MAX_PER_FETCH), wait) => batch,
+                batch = self.fetch(self.max().min(MAX_PER_FETCH), wait) => batch,
             };
             let batch = match fetched {
                 Ok(b) => b,

@@ -25,13 +25,13 @@ pub struct Client {
 
 impl Client {
     pub fn new(args: &Conn) -> Result<Self, CliError> {
-        let base = server_url(&args.server)?;
+        let base = args.backend()?.surety_url("this command")?.clone();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("surety-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| CliError::Transport {
-                url: args.server.clone(),
+                url: base.to_string(),
                 reason: e.to_string(),
             })?;
         Ok(Self {
@@ -230,7 +230,7 @@ pub fn server_url(server: &str) -> Result<Url, CliError> {
         .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
         .ok_or_else(|| {
             CliError::Usage(format!(
-                "--server {server:?} is not a server address \
+                "--backend {server:?} is not a server address \
                  (examples: http://127.0.0.1:7333, 127.0.0.1:7333, localhost:7333)"
             ))
         })
@@ -242,7 +242,7 @@ mod tests {
 
     fn conn(server: &str) -> Conn {
         Conn {
-            server: server.into(),
+            backend: server.into(),
             token: None,
             json: false,
         }
@@ -284,7 +284,7 @@ mod tests {
         ] {
             let e = Client::new(&conn(s)).unwrap_err();
             assert!(matches!(e, CliError::Usage(_)), "{s}");
-            assert!(e.to_string().starts_with("--server "), "{e}");
+            assert!(e.to_string().starts_with("--backend "), "{e}");
         }
     }
 

@@ -1,10 +1,14 @@
 //! The client commands: `publish`, `consume`, `ack`, `nack`, `peek`, `topics`,
 //! `groups`, `dlq`. Each talks to a running `surety serve` over its REST API
-//! (docs/design.md, "Interfaces"); `outbox relay` talks gRPC.
+//! (docs/design.md, "Interfaces"); `consume --exec` and `outbox relay` talk gRPC; and
+//! the commands of the backend contract also run on the other brokers through the
+//! transport seam (`backend.rs`).
 
+mod backend;
 mod consume;
 mod dlq;
 mod error;
+mod exec;
 mod groups;
 mod http;
 mod outbox;
@@ -17,29 +21,42 @@ mod topics;
 
 use std::io::ErrorKind;
 
+use backend::Backend;
 use clap::{Args, Subcommand};
 
 use error::CliError;
 
-/// The server when neither `--server` nor `SURETY_SERVER` names one.
+/// The backend when neither `--backend` nor `SURETY_BACKEND` (nor the older
+/// `SURETY_SERVER`) names one.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7333";
 
-/// How to reach the server and how to print, given before the command
-/// (`surety --server URL --json topics list`). These read the environment and carry
+/// `--backend`'s default: `SURETY_SERVER` (its name before there were other backends),
+/// else [`DEFAULT_SERVER`]. `SURETY_BACKEND` wins over both (clap's `env`).
+fn default_backend() -> String {
+    std::env::var("SURETY_SERVER")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_SERVER.to_owned())
+}
+
+/// How to reach the broker and how to print, given before the command
+/// (`surety --backend URL --json topics list`). These read the environment and carry
 /// the defaults; the same flags after the command ([`ClientArgs`]) win over them.
 #[derive(Debug, Clone, Args)]
 #[command(
-    next_help_heading = "Server and output (client commands; also accepted after the command)"
+    next_help_heading = "Backend and output (client commands; also accepted after the command)"
 )]
 pub struct GlobalArgs {
-    /// URL of the Surety server: http://HOST:PORT, or just HOST:PORT
+    /// The broker: a Surety server (http://HOST:PORT, or just HOST:PORT) or NATS
+    /// JetStream (nats://HOST:PORT) [also read from SURETY_SERVER]
     #[arg(
         long,
-        env = "SURETY_SERVER",
-        default_value = DEFAULT_SERVER,
+        visible_alias = "server",
+        env = "SURETY_BACKEND",
+        default_value_t = default_backend(),
         value_name = "URL"
     )]
-    pub server: String,
+    pub backend: String,
     /// Bearer token, if the server requires one
     #[arg(long, env = "SURETY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -53,12 +70,12 @@ pub struct GlobalArgs {
 /// environment of their own, so that a flag given here wins over one given before the
 /// command, which wins over the environment ([`ClientArgs::over`]).
 #[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "Server and output")]
+#[command(next_help_heading = "Backend and output")]
 pub struct ClientArgs {
-    /// URL of the Surety server: http://HOST:PORT, or just HOST:PORT
-    /// [env: SURETY_SERVER] [default: http://127.0.0.1:7333]
-    #[arg(long, global = true, value_name = "URL")]
-    pub server: Option<String>,
+    /// The broker: a Surety server (http://HOST:PORT, or just HOST:PORT) or NATS
+    /// JetStream (nats://HOST:PORT) [env: SURETY_BACKEND] [default: http://127.0.0.1:7333]
+    #[arg(long, visible_alias = "server", global = true, value_name = "URL")]
+    pub backend: Option<String>,
     /// Bearer token, if the server requires one [env: SURETY_TOKEN]
     #[arg(long, global = true)]
     pub token: Option<String>,
@@ -71,7 +88,10 @@ impl ClientArgs {
     /// These flags over those given before the command (and the environment).
     pub fn over(&self, global: &GlobalArgs) -> Conn {
         Conn {
-            server: self.server.clone().unwrap_or_else(|| global.server.clone()),
+            backend: self
+                .backend
+                .clone()
+                .unwrap_or_else(|| global.backend.clone()),
             token: self
                 .token
                 .clone()
@@ -82,12 +102,20 @@ impl ClientArgs {
     }
 }
 
-/// What a client command runs with: one server, one token, one output format.
+/// What a client command runs with: one backend, one token, one output format.
 #[derive(Debug, Clone)]
 pub struct Conn {
-    pub server: String,
+    /// `--backend` as given ([`Conn::backend`] reads it).
+    pub backend: String,
     pub token: Option<String>,
     pub json: bool,
+}
+
+impl Conn {
+    /// The broker `--backend` names, or why it names none.
+    pub fn backend(&self) -> Result<Backend, CliError> {
+        Backend::parse(&self.backend)
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -190,7 +190,7 @@ struct Target {
 
 impl Target {
     fn of(args: &RelayArgs, global: &super::GlobalArgs) -> Self {
-        let server = args.server.as_ref().unwrap_or(&global.server);
+        let server = args.server.as_ref().unwrap_or(&global.backend);
         Target {
             server: if server.contains("://") {
                 server.clone()

@@ -158,6 +158,7 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Run {
         .args(args)
         .env_remove("SURETY_TOKEN")
         .env_remove("SURETY_SERVER")
+        .env_remove("SURETY_BACKEND")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

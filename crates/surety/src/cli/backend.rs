@@ -1,0 +1,170 @@
+//! Which broker a client command talks to: `--backend URL` (docs/design.md, "Backends").
+//!
+//! A `surety serve` is reached over its REST API by every command, and over gRPC through
+//! the transport seam by `consume --exec`; the other brokers only through the seam, so
+//! the commands of the CLI contract (`topics create|describe|list`, `publish`, `consume`,
+//! `dlq`) work on each, and the rest say that they need a Surety server.
+
+use std::sync::Arc;
+
+use reqwest::Url;
+use surety_core::{Transport, TransportError};
+
+use super::error::CliError;
+use super::http::server_url;
+
+/// A parsed `--backend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A `surety serve` (`http://`, `https://`, or a bare `HOST:PORT`).
+    Surety(Url),
+    /// NATS JetStream (`nats://`, `tls://`).
+    Nats(Url),
+}
+
+/// Brokers named in the design whose backend is not built yet, and the issue that
+/// builds it: a clear refusal beats "unknown scheme".
+const PLANNED: &[(&str, &str)] = &[
+    ("redis", "Redis Streams (issue 13)"),
+    ("rediss", "Redis Streams (issue 13)"),
+    ("amqp", "RabbitMQ (issue 14)"),
+    ("amqps", "RabbitMQ (issue 14)"),
+    ("kafka", "Kafka (issue 15)"),
+];
+
+impl Backend {
+    /// Reads `--backend`: a URL whose scheme names the broker; no scheme means a Surety
+    /// server (`127.0.0.1:7333`).
+    pub fn parse(text: &str) -> Result<Backend, CliError> {
+        let s = text.trim();
+        let Some((scheme, _)) = s.split_once("://") else {
+            return server_url(s).map(Backend::Surety);
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" => server_url(s).map(Backend::Surety),
+            "nats" | "tls" => Url::parse(s)
+                .ok()
+                .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+                .map(Backend::Nats)
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--backend {text:?} is not a NATS address (example: nats://127.0.0.1:4222)"
+                    ))
+                }),
+            other => Err(CliError::Usage(
+                match PLANNED.iter().find(|(s, _)| *s == other) {
+                    Some((_, what)) => format!(
+                        "--backend {text:?}: the {what} backend is not built yet; \
+                         use a Surety server (http://HOST:PORT) or NATS (nats://HOST:PORT)"
+                    ),
+                    None => format!(
+                        "--backend {text:?}: unknown scheme {other:?} \
+                         (use http://HOST:PORT for a Surety server, nats://HOST:PORT for NATS)"
+                    ),
+                },
+            )),
+        }
+    }
+
+    /// The broker's name in messages: `Surety server`, `NATS`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Surety(_) => "Surety server",
+            Backend::Nats(_) => "NATS",
+        }
+    }
+
+    /// The address as given to the broker's client library.
+    pub fn url(&self) -> &Url {
+        match self {
+            Backend::Surety(u) | Backend::Nats(u) => u,
+        }
+    }
+
+    /// The Surety server's URL, or the refusal of a command that only a Surety server
+    /// has (`peek`, `groups seek`, ack by receipt).
+    pub fn surety_url(&self, command: &str) -> Result<&Url, CliError> {
+        match self {
+            Backend::Surety(url) => Ok(url),
+            other => Err(CliError::Usage(format!(
+                "`surety {command}` needs a Surety server (--backend http://HOST:PORT); \
+                 on {} use the commands of the backend contract: topics, publish, \
+                 consume, dlq",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Connects the transport seam to this broker.
+    pub async fn transport(&self, token: Option<&str>) -> Result<Arc<dyn Transport>, CliError> {
+        match self {
+            Backend::Surety(url) => {
+                let client = surety_client::Client::connect(url.as_str(), token)
+                    .await
+                    .map_err(|e| CliError::Transport {
+                        url: url.to_string(),
+                        reason: super::error::one_line(&e),
+                    })?;
+                Ok(Arc::new(client))
+            }
+            Backend::Nats(_) => Err(CliError::Usage(
+                "the NATS backend is not built into this surety yet".into(),
+            )),
+        }
+    }
+}
+
+/// A seam error as one CLI error: refusals keep their code (`topic_not_found`, ...) so
+/// scripts and humans see what the Surety server would have said.
+pub fn seam_error(backend: &Backend, e: TransportError) -> CliError {
+    match (e.retryable(), e.code.clone()) {
+        (false, Some(code)) => CliError::Server {
+            status: 0,
+            code,
+            message: e.message,
+        },
+        (false, None) => CliError::Refused(format!("{}: {}", backend.name(), e.message)),
+        (true, _) => CliError::Transport {
+            url: backend.url().to_string(),
+            reason: e.message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_broker() {
+        assert!(matches!(
+            Backend::parse("127.0.0.1:7333"),
+            Ok(Backend::Surety(u)) if u.as_str() == "http://127.0.0.1:7333/"
+        ));
+        assert!(matches!(
+            Backend::parse("https://q.example:443"),
+            Ok(Backend::Surety(_))
+        ));
+        assert!(matches!(
+            Backend::parse("nats://127.0.0.1:4222"),
+            Ok(Backend::Nats(u)) if u.port() == Some(4222)
+        ));
+        let refused = |s: &str| match Backend::parse(s) {
+            Err(CliError::Usage(m)) => m,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert!(refused("redis://127.0.0.1:6379").contains("issue 13"));
+        assert!(refused("kafka://k:9092").contains("Kafka"));
+        assert!(refused("ftp://x").contains("unknown scheme"));
+        assert!(refused("nats://").contains("not a NATS address"));
+        assert!(refused("http://").contains("not a server address"));
+    }
+
+    #[test]
+    fn server_only_commands_say_so() {
+        let nats = Backend::parse("nats://n:4222").unwrap();
+        let e = nats.surety_url("peek").unwrap_err().to_string();
+        assert!(e.contains("peek") && e.contains("NATS"), "{e}");
+        assert!(Backend::parse("s:1").unwrap().surety_url("peek").is_ok());
+    }
+}
