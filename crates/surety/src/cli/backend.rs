@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use reqwest::Url;
-use surety_core::{Transport, TransportError};
+use surety_core::{ErrorKind, Transport, TransportError};
 
 use super::error::CliError;
 use super::http::server_url;
@@ -82,14 +82,14 @@ impl Backend {
     }
 
     /// The Surety server's URL, or the refusal of a command that only a Surety server
-    /// has (`peek`, `groups seek`, ack by receipt).
-    pub fn surety_url(&self, command: &str) -> Result<&Url, CliError> {
+    /// has (`peek`, `groups`, ack and nack by receipt).
+    pub fn surety_url(&self) -> Result<&Url, CliError> {
         match self {
             Backend::Surety(url) => Ok(url),
             other => Err(CliError::Usage(format!(
-                "`surety {command}` needs a Surety server (--backend http://HOST:PORT); \
-                 on {} use the commands of the backend contract: topics, publish, \
-                 consume, dlq",
+                "this command needs a Surety server (--backend http://HOST:PORT); on {} \
+                 the backend contract has topics create|list|describe, publish, consume \
+                 (also --exec) and dlq",
                 other.name()
             ))),
         }
@@ -114,21 +114,46 @@ impl Backend {
     }
 }
 
-/// A seam error as one CLI error: refusals keep their code (`topic_not_found`, ...) so
-/// scripts and humans see what the Surety server would have said.
+/// A seam error as one CLI error: refusals keep their code (`topic_not_found`, ...;
+/// named after the kind where the broker gave none) so scripts and humans see what the
+/// Surety server would have said.
 pub fn seam_error(backend: &Backend, e: TransportError) -> CliError {
-    match (e.retryable(), e.code.clone()) {
-        (false, Some(code)) => CliError::Server {
+    if e.retryable() {
+        return CliError::Transport {
+            url: backend.url().to_string(),
+            reason: e.message,
+        };
+    }
+    match e
+        .code
+        .clone()
+        .or_else(|| kind_code(e.kind).map(str::to_owned))
+    {
+        Some(code) => CliError::Server {
             status: 0,
             code,
             message: e.message,
         },
-        (false, None) => CliError::Refused(format!("{}: {}", backend.name(), e.message)),
-        (true, _) => CliError::Transport {
-            url: backend.url().to_string(),
-            reason: e.message,
-        },
+        None => CliError::Refused(format!("{}: {}", backend.name(), e.message)),
     }
+}
+
+/// The docs/errors.md code of a refusal kind.
+fn kind_code(kind: ErrorKind) -> Option<&'static str> {
+    Some(match kind {
+        ErrorKind::Unauthorized => "unauthorized",
+        ErrorKind::TopicNotFound => "topic_not_found",
+        ErrorKind::GroupNotFound => "group_not_found",
+        ErrorKind::InvalidName => "invalid_name",
+        ErrorKind::InvalidInput => "invalid_request",
+        ErrorKind::TooLarge => "message_too_large",
+        ErrorKind::SequenceTooOld => "sequence_too_old",
+        ErrorKind::Unsupported => "unsupported",
+        ErrorKind::LeaseExpired => "lease_expired",
+        ErrorKind::Stale => "receipt_stale",
+        ErrorKind::UnknownReceipt => "receipt_invalid",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -163,8 +188,11 @@ mod tests {
     #[test]
     fn server_only_commands_say_so() {
         let nats = Backend::parse("nats://n:4222").unwrap();
-        let e = nats.surety_url("peek").unwrap_err().to_string();
-        assert!(e.contains("peek") && e.contains("NATS"), "{e}");
-        assert!(Backend::parse("s:1").unwrap().surety_url("peek").is_ok());
+        let e = nats.surety_url().unwrap_err().to_string();
+        assert!(
+            e.contains("needs a Surety server") && e.contains("NATS"),
+            "{e}"
+        );
+        assert!(Backend::parse("s:1").unwrap().surety_url().is_ok());
     }
 }

@@ -7,6 +7,7 @@ use clap::Args;
 use surety_wire::rest;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::contract::Seam;
 use super::error::CliError;
 use super::exec::{self, ExecSettings};
 use super::http::{Client, decode};
@@ -121,6 +122,33 @@ pub async fn run(args: ConsumeArgs, conn: &Conn) -> Result<(), CliError> {
         };
         return exec::run(settings, conn).await;
     }
+    if let Some(seam) = Seam::for_backend(conn).await? {
+        if args.no_ack {
+            return Err(CliError::Usage(format!(
+                "--no-ack leaves receipts to settle later with `surety ack`, which needs a \
+                 Surety server; on {} use --exec, whose command's exit status settles",
+                seam.backend.name()
+            )));
+        }
+        // Without --follow: stop once nothing came for --wait-ms (at least a second:
+        // a new subscription takes a moment to fill).
+        let idle = (!args.follow)
+            .then(|| Duration::from_millis(args.wait_ms.unwrap_or(0).max(SEAM_MIN_IDLE_MS)));
+        let max = if args.follow {
+            None
+        } else {
+            Some(args.max.unwrap_or(DEFAULT_MAX))
+        };
+        return seam
+            .consume(
+                &args.topic,
+                &args.group,
+                max,
+                idle,
+                args.lease_ms.map(Duration::from_millis),
+            )
+            .await;
+    }
     let client = Client::new(conn)?;
     let consumer = Consumer {
         client: &client,
@@ -142,6 +170,10 @@ struct Consumer<'a> {
 
 /// `--max` when not given.
 const DEFAULT_MAX: u32 = 10;
+
+/// Through the seam, a `consume` without `--follow` ends once no message came for this
+/// long (or `--wait-ms`, if longer).
+const SEAM_MIN_IDLE_MS: u64 = 1_000;
 
 impl Consumer<'_> {
     fn max(&self) -> u32 {

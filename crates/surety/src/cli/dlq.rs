@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use surety_wire::rest;
 
+use super::contract::Seam;
 use super::error::CliError;
 use super::http::{Client, decode};
 use super::output::{self, Align, StreamTable};
@@ -155,6 +156,30 @@ impl Which {
 }
 
 pub async fn run(args: DlqArgs, conn: &Conn) -> Result<(), CliError> {
+    if let Some(seam) = Seam::for_backend(conn).await? {
+        return match args.command {
+            DlqCommand::List {
+                queue,
+                limit,
+                page_size,
+            } => {
+                seam.dead_letters(&queue.topic, &queue.group, limit, page_size)
+                    .await
+            }
+            DlqCommand::Show { queue, id } => {
+                seam.show_dead_letter(&queue.topic, &queue.group, &id.to_string())
+                    .await
+            }
+            DlqCommand::Resend { queue, which } => {
+                seam.settle_dead_letters(&queue.topic, &queue.group, &which.ids, false)
+                    .await
+            }
+            DlqCommand::Purge { queue, which } => {
+                seam.settle_dead_letters(&queue.topic, &queue.group, &which.ids, true)
+                    .await
+            }
+        };
+    }
     let client = Client::new(conn)?;
     let json = conn.json;
     match args.command {

@@ -56,7 +56,7 @@ pub async fn run(settings: ExecSettings, conn: &Conn) -> Result<(), CliError> {
         builder = builder.lease(lease);
     }
     let stop = builder.stop_handle();
-    watch_signals(stop.clone())?;
+    stop_on_signals(stop.clone())?;
     if !conn.json {
         eprintln!(
             "running {:?} for each message of {} (group {}) on {}, {} at a time; \
@@ -85,7 +85,7 @@ pub async fn run(settings: ExecSettings, conn: &Conn) -> Result<(), CliError> {
 }
 
 /// Stops the consumer at the first Ctrl-C or SIGTERM.
-fn watch_signals(stop: StopHandle) -> Result<(), CliError> {
+pub fn stop_on_signals(stop: StopHandle) -> Result<(), CliError> {
     let listen = |kind: SignalKind, what: &str| {
         signal(kind).map_err(|source| CliError::Io {
             what: format!("cannot listen for {what}"),
@@ -250,7 +250,7 @@ fn place(d: &Delivery) -> String {
     format!("{} [delivery {}]", d.position, d.delivery_count)
 }
 
-fn consume_error(backend: &Backend, e: surety_core::ConsumeError) -> CliError {
+pub fn consume_error(backend: &Backend, e: surety_core::ConsumeError) -> CliError {
     match e {
         surety_core::ConsumeError::Refused(t) => seam_error(backend, t),
         other => CliError::Transport {

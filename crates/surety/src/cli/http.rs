@@ -25,7 +25,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(args: &Conn) -> Result<Self, CliError> {
-        let base = args.backend()?.surety_url("this command")?.clone();
+        let base = args.backend()?.surety_url()?.clone();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("surety-cli/", env!("CARGO_PKG_VERSION")))

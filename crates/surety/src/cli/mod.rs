@@ -6,6 +6,7 @@
 
 mod backend;
 mod consume;
+mod contract;
 mod dlq;
 mod error;
 mod exec;

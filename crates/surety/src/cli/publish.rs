@@ -11,6 +11,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use surety_wire::rest;
 
+use surety_core::{Message, Position, Producer};
+
+use super::contract::Seam;
 use super::error::CliError;
 use super::http::{Client, decode};
 use super::{ClientArgs, Conn, output, time};
@@ -162,13 +165,33 @@ impl Envelope {
                 .map(|d| now_ms.saturating_add(d)),
         })
     }
+
+    /// The message for the seam: the producer stamps its id and sequence.
+    fn seam_message(&self, payload: Vec<u8>, now_ms: u64) -> Message {
+        Message {
+            payload,
+            key: self.key.clone().map(String::into_bytes),
+            headers: self.headers.clone(),
+            id: self.id.clone(),
+            not_before_ms: self
+                .delay_ms
+                .filter(|&d| d > 0)
+                .map(|d| now_ms.saturating_add(d)),
+        }
+    }
 }
 
 pub async fn run(args: PublishArgs, conn: &Conn) -> Result<(), CliError> {
-    let client = Client::new(conn)?;
     let envelope = Envelope::from_args(&args)?;
+    let target = match Seam::for_backend(conn).await? {
+        Some(seam) => {
+            let producer = seam.producer(envelope.producer.clone());
+            Target::Seam(seam, producer)
+        }
+        None => Target::Rest(Client::new(conn)?),
+    };
     let mut publisher = Publisher {
-        client: &client,
+        target: &target,
         topic: &args.topic,
         envelope: &envelope,
         results: Vec::new(),
@@ -196,9 +219,7 @@ pub async fn run(args: PublishArgs, conn: &Conn) -> Result<(), CliError> {
         return Err(e);
     }
     if conn.json {
-        output::json(&rest::PublishResponse {
-            results: publisher.results,
-        })
+        publisher.print_json()
     } else {
         let (count, ranges, dups) = publisher.summary();
         let mut text = format!(
@@ -219,17 +240,50 @@ pub async fn run(args: PublishArgs, conn: &Conn) -> Result<(), CliError> {
     }
 }
 
+/// Where the messages go: a Surety server's REST API, or any backend through the seam
+/// (with one producer for the whole command, so its sequences run on across batches).
+enum Target {
+    Rest(Client),
+    Seam(Seam, Producer),
+}
+
+/// Where one message was stored.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    position: Position,
+    duplicate: bool,
+}
+
 struct Publisher<'a> {
-    client: &'a Client,
+    target: &'a Target,
     topic: &'a str,
     envelope: &'a Envelope,
-    /// The server's results, in input order.
-    results: Vec<rest::PublishResult>,
+    /// The broker's results, in input order.
+    results: Vec<Stored>,
 }
 
 impl Publisher<'_> {
-    /// One POST of `payloads`, numbered after those already sent.
+    /// One request of `payloads`, numbered after those already sent.
     async fn send(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), CliError> {
+        match self.target {
+            Target::Rest(client) => self.send_rest(client, payloads).await,
+            Target::Seam(seam, producer) => {
+                let now = time::now_ms();
+                let messages = payloads
+                    .into_iter()
+                    .map(|p| self.envelope.seam_message(p, now))
+                    .collect();
+                let stored = seam.publish(producer, self.topic, messages).await?;
+                self.results.extend(stored.into_iter().map(|p| Stored {
+                    position: p.position,
+                    duplicate: p.duplicate,
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    async fn send_rest(&mut self, client: &Client, payloads: Vec<Vec<u8>>) -> Result<(), CliError> {
         let first = self.results.len() as u64;
         let now = time::now_ms();
         let messages = payloads
@@ -238,8 +292,7 @@ impl Publisher<'_> {
             .map(|(i, p)| self.envelope.message(p, first + i as u64, now))
             .collect::<Result<Vec<_>, _>>()?;
         let sent = messages.len();
-        let answer = self
-            .client
+        let answer = client
             .post(
                 &["v1", "topics", self.topic, "messages"],
                 &rest::PublishRequest { messages },
@@ -253,8 +306,39 @@ impl Publisher<'_> {
                 resp.results.len()
             )));
         }
-        self.results.extend(resp.results);
+        self.results
+            .extend(resp.results.into_iter().map(|r| Stored {
+                position: Position::Offset {
+                    partition: r.partition,
+                    offset: r.offset,
+                },
+                duplicate: r.duplicate,
+            }));
         Ok(())
+    }
+
+    /// `--json`: the REST answer's shape on a Surety server; elsewhere each result
+    /// names its position in the broker's terms (`s17`: NATS stream sequence 17).
+    fn print_json(&self) -> Result<(), CliError> {
+        match self.target {
+            Target::Rest(_) => output::json(&rest::PublishResponse {
+                results: self
+                    .results
+                    .iter()
+                    .map(|s| rest::PublishResult {
+                        partition: s.position.partition(),
+                        offset: s.position.offset().unwrap_or(0),
+                        duplicate: s.duplicate,
+                    })
+                    .collect(),
+            }),
+            Target::Seam(..) => output::json(&serde_json::json!({
+                "results": self.results.iter().map(|s| serde_json::json!({
+                    "position": s.position.to_string(),
+                    "duplicate": s.duplicate,
+                })).collect::<Vec<_>>()
+            })),
+        }
     }
 
     /// Stdin, one message per line, `batch` per request; a progress bar on stderr once
@@ -306,9 +390,25 @@ impl Publisher<'_> {
     /// (messages, their partition:offset ranges, how many were duplicates)
     fn summary(&self) -> (usize, String, usize) {
         let stored = &self.results;
-        let offsets: Vec<(u32, u64)> = stored.iter().map(|s| (s.partition, s.offset)).collect();
         let dups = stored.iter().filter(|s| s.duplicate).count();
-        (stored.len(), output::offset_ranges(&offsets), dups)
+        let offsets: Option<Vec<(u32, u64)>> = stored
+            .iter()
+            .map(|s| match s.position {
+                Position::Offset { partition, offset } => Some((partition, offset)),
+                _ => None,
+            })
+            .collect();
+        let places = match offsets {
+            Some(offsets) => output::offset_ranges(&offsets),
+            None => match (stored.first(), stored.last()) {
+                (Some(a), Some(b)) if stored.len() > 1 => {
+                    format!("{} … {}", a.position, b.position)
+                }
+                (Some(a), _) => a.position.to_string(),
+                _ => String::new(),
+            },
+        };
+        (stored.len(), places, dups)
     }
 }
 

@@ -5,6 +5,11 @@ use reqwest::StatusCode;
 use serde_json::{Map, Value};
 use surety_wire::rest;
 
+use std::time::Duration;
+
+use surety_core::TopicSpec;
+
+use super::contract::Seam;
 use super::error::CliError;
 use super::http::{Client, decode};
 use super::output::{self, Align, Table};
@@ -114,6 +119,34 @@ fn parse_object(s: &str) -> Result<Map<String, Value>, String> {
 }
 
 pub async fn run(args: TopicsArgs, conn: &Conn) -> Result<(), CliError> {
+    if let Some(seam) = Seam::for_backend(conn).await? {
+        return match args.command {
+            TopicsCommand::Create(c) => {
+                if c.config_json.is_some() {
+                    return Err(CliError::Usage(format!(
+                        "--config-json holds Surety server settings; on {} use \
+                         --partitions, --max-deliveries and --ack-wait-ms",
+                        seam.backend.name()
+                    )));
+                }
+                let spec = TopicSpec {
+                    partitions: c.partitions,
+                    max_deliveries: c.max_deliveries,
+                    ack_wait: c.ack_wait_ms.map(Duration::from_millis),
+                    max_message_bytes: None,
+                };
+                seam.create_topic(&c.name, spec).await
+            }
+            TopicsCommand::List => seam.list_topics().await,
+            TopicsCommand::Describe { name } => seam.describe_topic(&name).await,
+            TopicsCommand::Delete { .. } => Err(CliError::Usage(format!(
+                "`topics delete` is not part of the backend contract: on {} delete the \
+                 topic with the broker's own tools, where its retention and replicas are \
+                 managed",
+                seam.backend.name()
+            ))),
+        };
+    }
     let client = Client::new(conn)?;
     let json = conn.json;
     match args.command {
