@@ -101,9 +101,12 @@ impl Backend {
             Backend::Surety(url) => {
                 let client = surety_client::Client::connect(url.as_str(), token)
                     .await
-                    .map_err(|e| CliError::Transport {
-                        url: url.to_string(),
-                        reason: super::error::one_line(&e),
+                    .map_err(|e| match e {
+                        surety_client::ConnectError::Connect { .. } => CliError::Transport {
+                            url: url.to_string(),
+                            reason: super::error::one_line(&e),
+                        },
+                        other => CliError::Usage(super::error::one_line(&other)),
                     })?;
                 Ok(Arc::new(client))
             }

@@ -3,14 +3,19 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use surety_client::{Client, RetryPolicy};
+use surety_client::RetryPolicy;
+use surety_core::Transport;
 use surety_outbox::{Database, Relay, RelayConfig};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
+
+use super::backend::Backend;
+use super::error::CliError;
 
 pub const LONG_ABOUT: &str = "\
 The transactional outbox: an application writes its messages into the table
@@ -82,10 +87,11 @@ struct RelayArgs {
     #[command(flatten)]
     db: DatabaseArg,
 
-    /// URL of the Surety server (gRPC): http://HOST:PORT or HOST:PORT; may also come
-    /// before the command [env: SURETY_SERVER] [default: http://127.0.0.1:7333]
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
+    /// The broker to publish to: a Surety server (http://HOST:PORT or HOST:PORT, over
+    /// gRPC) or NATS JetStream (nats://HOST:PORT); may also come before the command
+    /// [env: SURETY_BACKEND] [default: http://127.0.0.1:7333]
+    #[arg(long, visible_alias = "server", value_name = "URL")]
+    backend: Option<String>,
 
     /// Bearer token, if the server requires one [env: SURETY_TOKEN]
     #[arg(long)]
@@ -135,8 +141,8 @@ enum OutboxCliError {
     Migrate(#[from] surety_outbox::MigrateError),
     #[error("cannot serve metrics on {addr}: {reason}")]
     Metrics { addr: SocketAddr, reason: String },
-    #[error("{0}")]
-    Client(surety_client::ConnectError),
+    #[error("{}", .0.one_line())]
+    Backend(#[from] CliError),
     #[error("{0}")]
     Relay(#[from] surety_outbox::RelayError),
     #[error("cannot start the async runtime: {0}")]
@@ -181,33 +187,29 @@ async fn migrate(db: DatabaseArg) -> Result<(), OutboxCliError> {
     Ok(())
 }
 
-/// The server to publish to: `--server`/`--token` after the command win over those
+/// The broker to publish to: `--backend`/`--token` after the command win over those
 /// before it, which win over the environment; `HOST:PORT` means `http://HOST:PORT`.
 struct Target {
-    server: String,
+    backend: Backend,
     token: Option<String>,
 }
 
 impl Target {
-    fn of(args: &RelayArgs, global: &super::GlobalArgs) -> Self {
-        let server = args.server.as_ref().unwrap_or(&global.backend);
-        Target {
-            server: if server.contains("://") {
-                server.clone()
-            } else {
-                format!("http://{server}")
-            },
+    fn of(args: &RelayArgs, global: &super::GlobalArgs) -> Result<Self, OutboxCliError> {
+        let text = args.backend.as_ref().unwrap_or(&global.backend);
+        Ok(Target {
+            backend: Backend::parse(text)?,
             token: args
                 .token
                 .clone()
                 .or_else(|| global.token.clone())
                 .filter(|t| !t.is_empty()),
-        }
+        })
     }
 }
 
 async fn relay(args: RelayArgs, global: &super::GlobalArgs) -> Result<(), OutboxCliError> {
-    let target = Target::of(&args, global);
+    let target = Target::of(&args, global)?;
     if let Some(addr) = args.metrics_listen {
         // Binds at once (an address in use fails here, not later) and serves every path
         // with the Prometheus text, on this runtime.
@@ -229,9 +231,12 @@ async fn relay(args: RelayArgs, global: &super::GlobalArgs) -> Result<(), Outbox
     if let Some(addr) = args.metrics_listen {
         eprintln!("outbox relay: metrics on http://{addr}/metrics");
     }
-    let Some(client) = wait_for_server(&target, &database, &mut stop_rx).await? else {
+    let Some(client) = wait_for_backend(&target, &database, &mut stop_rx).await? else {
         database.close().await;
-        eprintln!("outbox relay stopped before the Surety server was reachable");
+        eprintln!(
+            "outbox relay stopped before the {} was reachable",
+            target.backend.name()
+        );
         return Ok(());
     };
     let config = RelayConfig {
@@ -253,7 +258,11 @@ async fn relay(args: RelayArgs, global: &super::GlobalArgs) -> Result<(), Outbox
         let _ = stop_rx.wait_for(|stopped| *stopped).await;
         stop.stop();
     });
-    eprintln!("outbox relay: publishing to {}", target.server);
+    eprintln!(
+        "outbox relay: publishing to {} at {}",
+        target.backend.name(),
+        target.backend.url()
+    );
     let stats = relay.run().await?;
     database.close().await;
     eprintln!(
@@ -263,40 +272,41 @@ async fn relay(args: RelayArgs, global: &super::GlobalArgs) -> Result<(), Outbox
     Ok(())
 }
 
-/// Connects to the Surety server, waiting for it while it is unreachable: the relay is a
+/// Connects to the broker, waiting for it while it is unreachable: the relay is a
 /// daemon, and a broker outage at its start is waited out like one later on (rows stay
 /// pending, the backlog gauges keep being sampled). `None` when stopped first.
-async fn wait_for_server(
+async fn wait_for_backend(
     target: &Target,
     database: &Database,
     stop: &mut watch::Receiver<bool>,
-) -> Result<Option<Client>, OutboxCliError> {
+) -> Result<Option<Arc<dyn Transport>>, OutboxCliError> {
     let mut delay = Duration::from_millis(250);
     let mut warned = false;
+    let name = target.backend.name();
     loop {
         let attempt = tokio::time::timeout(
             SERVER_CONNECT_TIMEOUT,
-            Client::connect(&target.server, target.token.as_deref()),
+            target.backend.transport(target.token.as_deref()),
         )
         .await;
         match attempt {
-            Ok(Ok(client)) => {
+            Ok(Ok(transport)) => {
                 if warned {
-                    tracing::info!(server = %target.server, "outbox relay: reached the Surety server");
+                    tracing::info!(backend = %target.backend.url(), "outbox relay: reached the {name}");
                 }
-                return Ok(Some(client));
+                return Ok(Some(transport));
             }
-            Ok(Err(surety_client::ConnectError::Connect { .. })) | Err(_) => {
+            Ok(Err(CliError::Transport { .. } | CliError::Unreachable { .. })) | Err(_) => {
                 if !warned {
                     tracing::warn!(
-                        "outbox relay: cannot reach the Surety server at {}: is it running? \
-                         (start it with: surety serve); rows wait in the outbox, retrying",
-                        target.server
+                        "outbox relay: cannot reach the {name} at {}: is it running? \
+                         rows wait in the outbox, retrying",
+                        target.backend.url()
                     );
                     warned = true;
                 }
             }
-            Ok(Err(other)) => return Err(OutboxCliError::Client(other)),
+            Ok(Err(other)) => return Err(OutboxCliError::Backend(other)),
         }
         // The backlog is exactly what the alerts must see during an outage.
         if let Err(e) = surety_outbox::relay::sample_pending(database).await {
