@@ -372,11 +372,15 @@ impl Seam {
 }
 
 fn topic_json(i: &TopicInfo) -> Value {
+    // The REST answer's shape where the seam has the same fields.
     json!({
         "name": i.name,
         "partitions": i.partitions,
-        "max_deliveries": i.max_deliveries,
-        "ack_wait_ms": i.ack_wait.as_millis() as u64,
+        "config": {
+            "partitions": i.partitions,
+            "max_deliveries": i.max_deliveries,
+            "ack_wait_ms": i.ack_wait.as_millis() as u64,
+        },
         "confirm": format!("{:?}", i.confirm),
         "survives_power_loss": i.confirm.survives_power_loss(),
         "groups": i.groups.iter().map(|g| json!({

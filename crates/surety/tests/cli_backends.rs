@@ -1,0 +1,175 @@
+//! The CLI contract of docs/design.md ("Backends"), the same script on every backend:
+//! `topics create|describe`, `publish` (a retried producer sequence is stored once),
+//! `consume` (acked after printing), `consume --exec` (stderr's last line becomes the
+//! dead letter's reason at `max_deliveries`), and `dlq list|show|resend|purge`.
+//!
+//! Each backend is one test: a Surety server started here, and NATS JetStream
+//! (`nats_*`, on the JetStream server .ci/run starts; see `nats_url`).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cli::{BIN, Run, Server};
+use serde_json::Value;
+
+/// Runs `surety ARGS --backend URL`.
+fn run(url: &str, args: &[&str], stdin: &[u8]) -> Run {
+    let mut full = args.to_vec();
+    full.extend(["--backend", url]);
+    common::cli::run(&full, stdin)
+}
+
+fn ok(url: &str, args: &[&str]) -> String {
+    run(url, args, b"").success()
+}
+
+fn json_lines(url: &str, args: &[&str]) -> Vec<Value> {
+    let mut args = args.to_vec();
+    args.push("--json");
+    ok(url, &args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn json(url: &str, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let out = ok(url, &args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `consume --exec SCRIPT --max N` to its end (at most `secs`).
+fn exec(url: &str, topic: &str, group: &str, script: &str, max: u32, secs: u64) -> String {
+    let mut child = Command::new(BIN)
+        .args(["consume", topic, "-g", group, "--exec", script])
+        .args([
+            "--max",
+            &max.to_string(),
+            "--nack-delay",
+            "0s",
+            "--backend",
+            url,
+        ])
+        .env_remove("SURETY_TOKEN")
+        .env_remove("SURETY_SERVER")
+        .env_remove("SURETY_BACKEND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "consume --exec did not finish {max} commands in {secs}s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+/// The contract, on topic `topic` of the backend at `url`.
+fn contract(url: &str, topic: &str) {
+    ok(
+        url,
+        &[
+            "topics",
+            "create",
+            topic,
+            "--max-deliveries",
+            "2",
+            "--ack-wait-ms",
+            "30000",
+        ],
+    );
+    let info = json(url, &["topics", "describe", topic]);
+    assert_eq!(info["config"]["max_deliveries"], 2, "{info}");
+
+    // Publish: one argument, then stdin lines; the same producer sequence again is a
+    // duplicate, not a second message.
+    let stamp = ["--producer-id", "cli-contract", "--sequence", "0"];
+    let mut args = vec!["publish", topic, "first"];
+    args.extend(stamp);
+    let v = json(url, &args);
+    assert_eq!(v["results"][0]["duplicate"], false, "{v}");
+    let v = json(url, &args);
+    assert_eq!(
+        v["results"][0]["duplicate"], true,
+        "a retry is stored once: {v}"
+    );
+    let out = run(
+        url,
+        &[
+            "publish",
+            topic,
+            "--producer-id",
+            "cli-contract",
+            "--sequence",
+            "1",
+        ],
+        b"second\npoison\n",
+    )
+    .success();
+    assert!(out.starts_with("published 2 messages"), "{out}");
+
+    // Consume prints, then acks; a second consume gets nothing more of those.
+    let got = json_lines(url, &["consume", topic, "-g", "printer", "--max", "3"]);
+    let payloads: Vec<&str> = got.iter().map(|d| d["payload"].as_str().unwrap()).collect();
+    assert_eq!(payloads, ["first", "second", "poison"], "{got:?}");
+    assert!(got.iter().all(|d| d["delivery_count"] == 1), "{got:?}");
+    let again = json_lines(url, &["consume", topic, "-g", "printer", "--max", "3"]);
+    assert!(again.is_empty(), "acked after printing: {again:?}");
+
+    // --exec: the poison message fails twice (max_deliveries 2) and is dead-lettered with
+    // the command's last stderr line.
+    let script = "p=$(cat); if [ \"$p\" = poison ]; then echo \"cannot digest $p ($SURETY_MESSAGE_ID)\" >&2; exit 1; fi";
+    let stderr = exec(url, topic, "worker", script, 4, 60);
+    assert!(stderr.contains("2 acked, 2 nacked"), "{stderr}");
+    let dead = json_lines(url, &["dlq", "list", topic, "-g", "worker"]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["reason"], "cannot digest poison (cli-contract/2)");
+    assert_eq!(dead[0]["attempts"], 2);
+    assert_eq!(dead[0]["payload"], "poison");
+    let id = match &dead[0]["id"] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let shown = json(url, &["dlq", "show", topic, "-g", "worker", &id]);
+    assert_eq!(shown["reason"], dead[0]["reason"]);
+    // The printer group never failed: it has no dead letters.
+    assert!(json_lines(url, &["dlq", "list", topic, "-g", "printer"]).is_empty());
+
+    // Resend: delivered to that group again (and only to it), then acked.
+    let v = json(url, &["dlq", "resend", topic, "-g", "worker", "--all"]);
+    assert_eq!(v["resent"], 1, "{v}");
+    let stderr = exec(url, topic, "worker", "cat >/dev/null", 1, 60);
+    assert!(stderr.contains("1 acked"), "{stderr}");
+    assert!(
+        json_lines(url, &["consume", topic, "-g", "printer", "--max", "3"]).is_empty(),
+        "a resend reaches only the group it died in"
+    );
+
+    // Purge counts what it deleted.
+    let stderr = exec(url, topic, "purger", script, 4, 60);
+    assert!(stderr.contains("2 nacked"), "{stderr}");
+    let v = json(url, &["dlq", "purge", topic, "-g", "purger", "--all"]);
+    assert_eq!(v["purged"], 1, "{v}");
+    assert!(json_lines(url, &["dlq", "list", topic, "-g", "purger"]).is_empty());
+}
+
+#[test]
+fn surety_server_keeps_the_cli_contract() {
+    let s = Server::start();
+    contract(&s.url, "contract");
+}
