@@ -335,14 +335,29 @@ async fn delayed_messages_and_long_poll() {
     env.advance(5_000);
     let d = b.fetch("t", "g", 10, NO_WAIT, None).await.unwrap();
     assert_eq!(d[0].message.payload, b"later");
-    // Long poll: a fetch waiting for messages is woken by a publish.
+    // Long poll: a fetch waiting on an empty topic is woken by a publish, not by its
+    // timeout.
+    b.put_topic("empty", &TopicConfigPatch::default())
+        .await
+        .unwrap();
     let b2 = b.clone();
-    let waiter =
-        tokio::spawn(async move { b2.fetch("t", "g2", 10, Duration::from_secs(10), None).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = b.fetch("t", "g2", 0, NO_WAIT, None).await;
-    let got = waiter.await.unwrap().unwrap();
-    assert!(!got.is_empty());
+    let waiter = tokio::spawn(async move {
+        b2.fetch("empty", "g", 10, Duration::from_secs(30), None)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiter.is_finished(),
+        "nothing to fetch yet: the poll waits"
+    );
+    b.publish("empty", vec![msg("wake")]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the publish wakes the poll long before its 30 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message.payload, b"wake");
 }
 
 #[tokio::test]
