@@ -18,6 +18,7 @@ use crate::error::TransportError;
 use crate::gap::GapDetector;
 use crate::message::{Delivery, Receipt};
 use crate::retry::RetryPolicy;
+use crate::settled_ledger::{self, MemoryLedger, SettledLedger};
 use crate::transport::{
     RequestId, Session, SessionEvent, Settle, SettleOutcome, Subscriber, Subscription,
 };
@@ -51,6 +52,9 @@ pub struct ConsumerStats {
     /// dropped unanswered at a reconnect where receipts do not survive one.
     pub settle_errors: u64,
     pub reconnects: u64,
+    /// Deliveries acked without running the handler: their (producer id, sequence) had
+    /// been handled already ([`ConsumerBuilder::settled_ledger`]).
+    pub duplicates_dropped: u64,
 }
 
 /// Asks a running consumer to stop gracefully. Cheap to clone.
@@ -97,8 +101,11 @@ impl Consumer {
         topic: impl Into<String>,
         group: impl Into<String>,
     ) -> ConsumerBuilder {
+        let ledger = settled_ledger::needed(&subscriber.capabilities().publish_dedupe)
+            .then(|| Arc::new(MemoryLedger::default()) as Arc<dyn SettledLedger>);
         ConsumerBuilder {
             subscriber,
+            ledger,
             topic: topic.into(),
             group: group.into(),
             max_in_flight: 32,
@@ -118,6 +125,7 @@ impl Consumer {
 /// Settings of a consumer; [`ConsumerBuilder::run`] starts it.
 pub struct ConsumerBuilder {
     subscriber: Arc<dyn Subscriber>,
+    ledger: Option<Arc<dyn SettledLedger>>,
     topic: String,
     group: String,
     max_in_flight: u32,
@@ -139,6 +147,7 @@ impl std::fmt::Debug for ConsumerBuilder {
             .field("lease", &self.lease)
             .field("nack_delay", &self.nack_delay)
             .field("ack_linger", &self.ack_linger)
+            .field("settled_ledger", &self.ledger.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -212,6 +221,24 @@ impl ConsumerBuilder {
     /// finished handler's ack immediately. Nacks never wait.
     pub fn ack_linger(mut self, linger: Duration) -> Self {
         self.ack_linger = linger;
+        self
+    }
+
+    /// Drops a delivery whose (producer id, sequence) this consumer already handled (acked
+    /// unrun, counted in `duplicates_dropped`): the consumer side of dedupe, for copies
+    /// the broker stored twice. On by default, with a [`MemoryLedger`], where the
+    /// transport's publish dedupe has a time window or none (NATS JetStream: a retry
+    /// after `duplicate_window` is stored again); off where the broker remembers
+    /// sequences per producer.
+    pub fn settled_ledger(mut self, ledger: Arc<dyn SettledLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Runs the handler on every copy, also where [`settled_ledger`](Self::settled_ledger)
+    /// would be on by default.
+    pub fn without_settled_ledger(mut self) -> Self {
+        self.ledger = None;
         self
     }
 
@@ -484,10 +511,35 @@ impl Run<'_> {
                 .observe(producer, delivery.partition, sequence);
         }
         let receipt = delivery.receipt.clone();
+        // A copy of a message handled before is acked as if its handler ran and
+        // succeeded; a stamp is claimed until its handler ends.
+        let stamp = match (&self.cfg.ledger, &delivery.producer_id, delivery.sequence) {
+            (Some(ledger), Some(producer), Some(sequence)) => {
+                if ledger.claim(producer, sequence) {
+                    self.stats.duplicates_dropped += 1;
+                    metrics::counter!("surety_consumer_duplicates_dropped_total").increment(1);
+                    let task = self.handlers.spawn(async { Ok(()) });
+                    self.running.insert(task.id(), (receipt, session));
+                    return;
+                }
+                Some(Claim {
+                    ledger: ledger.clone(),
+                    producer: producer.clone(),
+                    sequence,
+                    handled: false,
+                })
+            }
+            _ => None,
+        };
         let handler = handler.clone();
-        let task = self
-            .handlers
-            .spawn(async move { handler(delivery).await.map_err(|e| e.to_string()) });
+        let task = self.handlers.spawn(async move {
+            let mut claim = stamp;
+            let result = handler(delivery).await.map_err(|e| e.to_string());
+            if let Some(c) = &mut claim {
+                c.handled = result.is_ok();
+            }
+            result
+        });
         self.running.insert(task.id(), (receipt, session));
     }
 
@@ -542,6 +594,22 @@ impl Run<'_> {
         };
         conn.settle(request_id, settle.clone());
         self.unanswered.insert(request_id, settle);
+    }
+}
+
+/// A stamp claimed in the [`SettledLedger`] while its handler runs; released when the
+/// handler ends however it ends (a panic or an abort drops it unhandled).
+struct Claim {
+    ledger: Arc<dyn SettledLedger>,
+    producer: String,
+    sequence: u64,
+    handled: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.ledger
+            .finish(&self.producer, self.sequence, self.handled);
     }
 }
 

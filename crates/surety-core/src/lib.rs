@@ -17,6 +17,9 @@
 //! - [`message_id`]: [`MessageId`], the inbox's stable identity of a message.
 //! - [`surety`]: what Surety's own broker declares, shared by its gRPC and in-process
 //!   transports.
+//! - [`settled_ledger`]: [`SettledLedger`], the consumer side's memory of handled
+//!   (producer id, sequence) pairs, for transports whose publish dedupe has a time window.
+//! - [`wire`]: the header names in which backends carry the layer's data.
 
 pub mod capabilities;
 pub mod consumer;
@@ -27,8 +30,10 @@ pub mod message;
 pub mod message_id;
 pub mod producer;
 pub mod retry;
+pub mod settled_ledger;
 pub mod surety;
 pub mod transport;
+pub mod wire;
 
 pub use capabilities::{
     Capabilities, Confirm, DeadLetterCap, DeadLetterStore, DeadLetters, DedupeWindow,
@@ -43,6 +48,7 @@ pub use message::{
 pub use message_id::MessageId;
 pub use producer::{DEFAULT_LINGER, Producer, ProducerBuilder, PublishError};
 pub use retry::RetryPolicy;
+pub use settled_ledger::{MemoryLedger, SettledLedger};
 pub use transport::{
     Admin, BoxFuture, Capable, DeadLetter, DeadLetterPage, GroupInfo, PublishAnswers, Publisher,
     RequestId, Selection, Session, SessionEvent, Settle, SettleOutcome, Subscriber, Subscription,

@@ -1,0 +1,188 @@
+//! The consumer side's memory of what it already handled, by (producer id, sequence): a
+//! second copy of a message that the broker stored twice — a producer retry that came
+//! after the broker's dedupe window (NATS JetStream's `duplicate_window`, two minutes by
+//! default), a relay that republished a row after a long outage — is acked without
+//! running the handler, and counted (`ConsumerStats::duplicates_dropped`,
+//! `surety_consumer_duplicates_dropped_total`).
+//!
+//! It bounds duplicates; it does not make effects exactly-once. The memory
+//! ([`MemoryLedger`]) is one consumer process's: a copy delivered to another consumer
+//! of the group, or after a restart, is handled again — the `Inbox` in the handler's
+//! transaction is what applies a message once. docs/backends.md ("The two windows")
+//! says which window covers what.
+//!
+//! The driver turns it on by itself where the transport's publish dedupe has a time
+//! window or none (`PublishDedupe::Native { window: Time(_) }`, `ClientSession`, `None`);
+//! a broker that remembers sequences per producer (Surety's own) needs none.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use crate::capabilities::{DedupeWindow, PublishDedupe};
+
+/// What a consumer remembers of the (producer id, sequence) pairs it handled.
+pub trait SettledLedger: Send + Sync + std::fmt::Debug {
+    /// Called before the handler. `true`: this stamp was handled successfully before, or
+    /// is being handled right now by another delivery — drop this one (ack it unrun).
+    /// `false`: run the handler; the stamp is now claimed until [`finish`](Self::finish).
+    fn claim(&self, producer: &str, sequence: u64) -> bool;
+    /// The handler of a claimed stamp ended: `handled` (it returned `Ok`) records it, else
+    /// the claim is released so that the redelivery runs.
+    fn finish(&self, producer: &str, sequence: u64, handled: bool);
+}
+
+/// Whether a consumer on a transport with this publish dedupe needs a ledger: every
+/// dedupe but a per-producer sequence window (which the broker keeps across restarts)
+/// lets a late retry be stored twice.
+pub fn needed(dedupe: &PublishDedupe) -> bool {
+    !matches!(
+        dedupe,
+        PublishDedupe::Native {
+            window: DedupeWindow::Sequences(_)
+        }
+    )
+}
+
+/// A ledger in this process's memory: the last `window` sequences of each of the last
+/// `producers` producers seen. A sequence below a producer's window cannot be checked
+/// and is run (at-least-once wins over dropping).
+#[derive(Debug)]
+pub struct MemoryLedger {
+    window: u64,
+    producers: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    by_producer: HashMap<String, Producer>,
+    /// Producers in the order first seen, for eviction.
+    order: VecDeque<String>,
+}
+
+#[derive(Debug, Default)]
+struct Producer {
+    handled: BTreeSet<u64>,
+    running: HashSet<u64>,
+    highest: u64,
+}
+
+/// Sequences remembered per producer by [`MemoryLedger::default`]: as many as the Surety
+/// broker's own per-producer window.
+pub const DEFAULT_WINDOW: u64 = 10_000;
+/// Producers remembered by [`MemoryLedger::default`].
+pub const DEFAULT_PRODUCERS: usize = 1_000;
+
+impl Default for MemoryLedger {
+    fn default() -> Self {
+        Self::new(DEFAULT_WINDOW, DEFAULT_PRODUCERS)
+    }
+}
+
+impl MemoryLedger {
+    /// Remembers the last `window` sequences (at least 1) of each of the last `producers`
+    /// producers (at least 1).
+    pub fn new(window: u64, producers: usize) -> Self {
+        Self {
+            window: window.max(1),
+            producers: producers.max(1),
+            state: Mutex::new(State::default()),
+        }
+    }
+}
+
+impl SettledLedger for MemoryLedger {
+    fn claim(&self, producer: &str, sequence: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if !state.by_producer.contains_key(producer) {
+            if state.order.len() >= self.producers
+                && let Some(old) = state.order.pop_front()
+            {
+                state.by_producer.remove(&old);
+            }
+            state.order.push_back(producer.to_owned());
+            state
+                .by_producer
+                .insert(producer.to_owned(), Producer::default());
+        }
+        let p = state.by_producer.get_mut(producer).expect("inserted above");
+        if p.handled.contains(&sequence) || p.running.contains(&sequence) {
+            return true;
+        }
+        p.running.insert(sequence);
+        false
+    }
+
+    fn finish(&self, producer: &str, sequence: u64, handled: bool) {
+        let mut state = self.state.lock().unwrap();
+        let Some(p) = state.by_producer.get_mut(producer) else {
+            return;
+        };
+        p.running.remove(&sequence);
+        if !handled {
+            return;
+        }
+        p.highest = p.highest.max(sequence);
+        let floor = p.highest.saturating_sub(self.window - 1);
+        if sequence >= floor {
+            p.handled.insert(sequence);
+        }
+        while p.handled.first().is_some_and(|&s| s < floor) {
+            p.handled.pop_first();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handled_stamp_is_dropped_a_failed_one_runs_again() {
+        let l = MemoryLedger::default();
+        assert!(!l.claim("p", 1), "first delivery runs");
+        assert!(
+            l.claim("p", 1),
+            "a copy while the first still runs is dropped"
+        );
+        l.finish("p", 1, false);
+        assert!(!l.claim("p", 1), "after a failure the redelivery runs");
+        l.finish("p", 1, true);
+        assert!(l.claim("p", 1), "after success a copy is dropped");
+        assert!(!l.claim("q", 1), "another producer's sequence 1 is its own");
+    }
+
+    #[test]
+    fn only_the_window_is_remembered() {
+        let l = MemoryLedger::new(3, 10);
+        for s in 0..10 {
+            assert!(!l.claim("p", s));
+            l.finish("p", s, true);
+        }
+        assert!(l.claim("p", 9) && l.claim("p", 7));
+        assert!(!l.claim("p", 6), "below the window: run, not dropped");
+    }
+
+    #[test]
+    fn the_oldest_producer_is_forgotten_first() {
+        let l = MemoryLedger::new(10, 2);
+        for p in ["a", "b", "c"] {
+            assert!(!l.claim(p, 1));
+            l.finish(p, 1, true);
+        }
+        assert!(l.claim("c", 1) && l.claim("b", 1));
+        assert!(!l.claim("a", 1), "a was evicted");
+    }
+
+    #[test]
+    fn sequence_windows_need_no_ledger() {
+        use std::time::Duration;
+        assert!(!needed(&PublishDedupe::Native {
+            window: DedupeWindow::Sequences(10)
+        }));
+        assert!(needed(&PublishDedupe::Native {
+            window: DedupeWindow::Time(Duration::from_secs(120))
+        }));
+        assert!(needed(&PublishDedupe::None));
+    }
+}
