@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Client(_)) {
         // `surety --json serve` would be silently ignored otherwise.
-        if let Some(flag) = ["backend", "token", "json"]
+        if let Some(flag) = ["backend", "token", "json", "require_fsync"]
             .into_iter()
             .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
         {

@@ -3,8 +3,10 @@
 //! `consume` (acked after printing), `consume --exec` (stderr's last line becomes the
 //! dead letter's reason at `max_deliveries`), and `dlq list|show|resend|purge`.
 //!
-//! Each backend is one test: a Surety server started here, and NATS JetStream
-//! (`nats_*`, on the JetStream server .ci/run starts; see `nats_url`).
+//! Each backend is one test: a Surety server started here, and NATS JetStream at
+//! `SURETY_TEST_NATS_URL` (default the machine's own, `nats://127.0.0.1:4222`). A
+//! backend that is not running skips the test with a printed reason, except under
+//! `CI=true`, where it fails.
 
 mod common;
 
@@ -172,4 +174,40 @@ fn contract(url: &str, topic: &str) {
 fn surety_server_keeps_the_cli_contract() {
     let s = Server::start();
     contract(&s.url, "contract");
+}
+
+/// The NATS server's URL, or `None` (after saying why) when none answers outside CI.
+fn nats_url() -> Option<String> {
+    let url = std::env::var("SURETY_TEST_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let addr = url
+        .trim_start_matches("nats://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&addr.as_str())
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "no NATS server at {url} (CI=true: .ci/run starts one)"
+    );
+    eprintln!("skipped: no NATS server at {url} (set SURETY_TEST_NATS_URL)");
+    None
+}
+
+#[test]
+fn nats_keeps_the_cli_contract() {
+    let Some(url) = nats_url() else { return };
+    // Streams outlive a run: a fresh topic name each time.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    contract(&url, &format!("contract{nanos}"));
 }

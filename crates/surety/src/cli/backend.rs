@@ -95,8 +95,13 @@ impl Backend {
         }
     }
 
-    /// Connects the transport seam to this broker.
-    pub async fn transport(&self, token: Option<&str>) -> Result<Arc<dyn Transport>, CliError> {
+    /// Connects the transport seam to this broker. `require_fsync`: refuse a broker whose
+    /// confirms would not survive a power loss (a Surety server always fsyncs first).
+    pub async fn transport(
+        &self,
+        token: Option<&str>,
+        require_fsync: bool,
+    ) -> Result<Arc<dyn Transport>, CliError> {
         match self {
             Backend::Surety(url) => {
                 let client = surety_client::Client::connect(url.as_str(), token)
@@ -110,9 +115,22 @@ impl Backend {
                     })?;
                 Ok(Arc::new(client))
             }
-            Backend::Nats(_) => Err(CliError::Usage(
-                "the NATS backend is not built into this surety yet".into(),
-            )),
+            Backend::Nats(url) => {
+                let mut options = surety_nats::NatsOptions::from_url_query(url)
+                    .map_err(|e| CliError::Usage(format!("--backend {url}: {}", e.message)))?;
+                options.require_fsync |= require_fsync;
+                let nats = surety_nats::NatsTransport::connect(url.as_str(), options)
+                    .await
+                    .map_err(|e| seam_error(self, e))?;
+                if !nats.durability().is_safe() {
+                    // Loud, once, at start-up: confirms on this server can be lost.
+                    eprintln!(
+                        "warning: {} (--require-fsync refuses such a server)",
+                        nats.durability()
+                    );
+                }
+                Ok(Arc::new(nats))
+            }
         }
     }
 }

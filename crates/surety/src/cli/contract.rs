@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use surety_core::{
-    Consumer, DeadLetter, Delivery, Message, Producer, PublishError, Published, Selection,
+    Confirm, Consumer, DeadLetter, Delivery, Message, Producer, PublishError, Published, Selection,
     TopicInfo, TopicSpec, Transport, TransportError,
 };
 
@@ -39,7 +39,9 @@ impl Seam {
         if matches!(backend, Backend::Surety(_)) {
             return Ok(None);
         }
-        let transport = backend.transport(conn.token.as_deref()).await?;
+        let transport = backend
+            .transport(conn.token.as_deref(), conn.require_fsync)
+            .await?;
         Ok(Some(Seam {
             backend,
             transport,
@@ -108,7 +110,7 @@ impl Seam {
                     .map(|g| g.dead_letters)
                     .sum::<u64>()
                     .to_string(),
-                format!("{:?}", i.confirm),
+                confirm_text(i.confirm),
             ]);
         }
         output::table(&t, infos.len(), "no topics")
@@ -125,13 +127,13 @@ impl Seam {
         }
         output::line(&format!(
             "topic {} on {}\n  partitions      {}\n  max deliveries  {}\n  ack wait        {}\n  \
-             a confirm means {:?}",
+             a confirm means {}",
             info.name,
             self.backend.name(),
             info.partitions,
             info.max_deliveries,
             super::time::human(info.ack_wait),
-            info.confirm
+            confirm_text(info.confirm)
         ))?;
         let mut t = Table::new(&[
             ("group", Align::Left),
@@ -371,6 +373,30 @@ impl Seam {
     }
 }
 
+/// What a publish confirm promises, in words.
+fn confirm_text(c: Confirm) -> String {
+    match c {
+        Confirm::FsyncedOnNode => "on disk (fsync) before the answer".to_owned(),
+        Confirm::Replicated { replicas, fsynced } => format!(
+            "on {replicas} replicas{}",
+            if fsynced {
+                ", fsynced"
+            } else {
+                ", in their page caches"
+            }
+        ),
+        Confirm::PageCache { max_loss } => match max_loss {
+            Some(d) => format!(
+                "in the page cache: a power loss can lose up to {}",
+                super::time::human(d)
+            ),
+            None => "in the page cache: a power loss can lose it".to_owned(),
+        },
+        Confirm::Memory => "in memory only".to_owned(),
+        Confirm::Unknown => "unknown (not readable at connect)".to_owned(),
+    }
+}
+
 fn topic_json(i: &TopicInfo) -> Value {
     // The REST answer's shape where the seam has the same fields.
     json!({
@@ -381,7 +407,7 @@ fn topic_json(i: &TopicInfo) -> Value {
             "max_deliveries": i.max_deliveries,
             "ack_wait_ms": i.ack_wait.as_millis() as u64,
         },
-        "confirm": format!("{:?}", i.confirm),
+        "confirm": confirm_text(i.confirm),
         "survives_power_loss": i.confirm.survives_power_loss(),
         "groups": i.groups.iter().map(|g| json!({
             "name": g.name,

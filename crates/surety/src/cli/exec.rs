@@ -39,7 +39,9 @@ pub struct ExecSettings {
 /// and are settled before it returns.
 pub async fn run(settings: ExecSettings, conn: &Conn) -> Result<(), CliError> {
     let backend = conn.backend()?;
-    let transport = backend.transport(conn.token.as_deref()).await?;
+    let transport = backend
+        .transport(conn.token.as_deref(), conn.require_fsync)
+        .await?;
     // Refusals (no such topic, a bad name) before the banner, as one error line.
     transport
         .describe_topic(&settings.topic)

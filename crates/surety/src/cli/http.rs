@@ -245,6 +245,7 @@ mod tests {
             backend: server.into(),
             token: None,
             json: false,
+            require_fsync: false,
         }
     }
 

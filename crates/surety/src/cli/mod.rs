@@ -64,6 +64,10 @@ pub struct GlobalArgs {
     /// Print JSON (for scripts) instead of tables
     #[arg(long)]
     pub json: bool,
+    /// Refuse a backend whose confirms would not survive a power loss (NATS without
+    /// `sync_interval: always`)
+    #[arg(long, env = "SURETY_REQUIRE_FSYNC")]
+    pub require_fsync: bool,
 }
 
 /// The same flags after the command (`surety topics list --server URL --json`), on
@@ -83,6 +87,10 @@ pub struct ClientArgs {
     /// Print JSON (for scripts) instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+    /// Refuse a backend whose confirms would not survive a power loss (NATS without
+    /// `sync_interval: always`) [env: SURETY_REQUIRE_FSYNC]
+    #[arg(long, global = true)]
+    pub require_fsync: bool,
 }
 
 impl ClientArgs {
@@ -99,6 +107,7 @@ impl ClientArgs {
                 .or_else(|| global.token.clone())
                 .filter(|t| !t.is_empty()),
             json: self.json || global.json,
+            require_fsync: self.require_fsync || global.require_fsync,
         }
     }
 }
@@ -110,6 +119,7 @@ pub struct Conn {
     pub backend: String,
     pub token: Option<String>,
     pub json: bool,
+    pub require_fsync: bool,
 }
 
 impl Conn {

@@ -97,6 +97,11 @@ struct RelayArgs {
     #[arg(long)]
     token: Option<String>,
 
+    /// Refuse a backend whose confirms would not survive a power loss (NATS without
+    /// `sync_interval: always`) [env: SURETY_REQUIRE_FSYNC]
+    #[arg(long)]
+    require_fsync: bool,
+
     /// Rows claimed and published per round (1-5000)
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=5000))]
@@ -192,6 +197,7 @@ async fn migrate(db: DatabaseArg) -> Result<(), OutboxCliError> {
 struct Target {
     backend: Backend,
     token: Option<String>,
+    require_fsync: bool,
 }
 
 impl Target {
@@ -204,6 +210,7 @@ impl Target {
                 .clone()
                 .or_else(|| global.token.clone())
                 .filter(|t| !t.is_empty()),
+            require_fsync: args.require_fsync || global.require_fsync,
         })
     }
 }
@@ -286,7 +293,9 @@ async fn wait_for_backend(
     loop {
         let attempt = tokio::time::timeout(
             SERVER_CONNECT_TIMEOUT,
-            target.backend.transport(target.token.as_deref()),
+            target
+                .backend
+                .transport(target.token.as_deref(), target.require_fsync),
         )
         .await;
         match attempt {
