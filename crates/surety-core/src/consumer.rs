@@ -18,7 +18,7 @@ use crate::error::TransportError;
 use crate::gap::GapDetector;
 use crate::message::{Delivery, Receipt};
 use crate::retry::RetryPolicy;
-use crate::settled_ledger::{self, MemoryLedger, SettledLedger};
+use crate::settled_ledger::{self, Claim, MemoryLedger, SettledLedger};
 use crate::transport::{
     RequestId, Session, SessionEvent, Settle, SettleOutcome, Subscriber, Subscription,
 };
@@ -512,17 +512,28 @@ impl Run<'_> {
         }
         let receipt = delivery.receipt.clone();
         // A copy of a message handled before is acked as if its handler ran and
-        // succeeded; a stamp is claimed until its handler ends.
+        // succeeded; one whose other delivery is still running is handed back to come
+        // again after it (see `Claim::Running`); a stamp is claimed until its handler ends.
         let stamp = match (&self.cfg.ledger, &delivery.producer_id, delivery.sequence) {
             (Some(ledger), Some(producer), Some(sequence)) => {
-                if ledger.claim(producer, sequence) {
-                    self.stats.duplicates_dropped += 1;
-                    metrics::counter!("surety_consumer_duplicates_dropped_total").increment(1);
-                    let task = self.handlers.spawn(async { Ok(()) });
+                let verdict: Option<HandlerResult> = match ledger.claim(producer, sequence) {
+                    Claim::Run => None,
+                    Claim::Handled => {
+                        self.stats.duplicates_dropped += 1;
+                        metrics::counter!("surety_consumer_duplicates_dropped_total").increment(1);
+                        Some(Ok(()))
+                    }
+                    Claim::Running => Some(Err(format!(
+                        "another delivery of {producer}/{sequence} is being handled; \
+                         handed back until it ends"
+                    ))),
+                };
+                if let Some(verdict) = verdict {
+                    let task = self.handlers.spawn(async move { verdict });
                     self.running.insert(task.id(), (receipt, session));
                     return;
                 }
-                Some(Claim {
+                Some(ClaimGuard {
                     ledger: ledger.clone(),
                     producer: producer.clone(),
                     sequence,
@@ -599,14 +610,14 @@ impl Run<'_> {
 
 /// A stamp claimed in the [`SettledLedger`] while its handler runs; released when the
 /// handler ends however it ends (a panic or an abort drops it unhandled).
-struct Claim {
+struct ClaimGuard {
     ledger: Arc<dyn SettledLedger>,
     producer: String,
     sequence: u64,
     handled: bool,
 }
 
-impl Drop for Claim {
+impl Drop for ClaimGuard {
     fn drop(&mut self) {
         self.ledger
             .finish(&self.producer, self.sequence, self.handled);

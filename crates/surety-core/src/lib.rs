@@ -48,7 +48,7 @@ pub use message::{
 pub use message_id::MessageId;
 pub use producer::{DEFAULT_LINGER, Producer, ProducerBuilder, PublishError};
 pub use retry::RetryPolicy;
-pub use settled_ledger::{MemoryLedger, SettledLedger};
+pub use settled_ledger::{Claim, MemoryLedger, SettledLedger};
 pub use transport::{
     Admin, BoxFuture, Capable, DeadLetter, DeadLetterPage, GroupInfo, PublishAnswers, Publisher,
     RequestId, Selection, Session, SessionEvent, Settle, SettleOutcome, Subscriber, Subscription,

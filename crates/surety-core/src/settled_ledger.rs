@@ -20,12 +20,25 @@ use std::sync::Mutex;
 
 use crate::capabilities::{DedupeWindow, PublishDedupe};
 
+/// What the ledger says of a delivery's (producer id, sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Not handled yet: run the handler; the stamp is claimed until
+    /// [`finish`](SettledLedger::finish).
+    Run,
+    /// Handled successfully before: drop this copy (ack it unrun).
+    Handled,
+    /// Another delivery of it is being handled right now. Neither run nor drop it: that
+    /// one may still fail, and this may be the same message redelivered after its lease
+    /// ran out, whose ack would then settle a message nobody handled. The driver hands
+    /// it back (a nack) to come again once the other has ended.
+    Running,
+}
+
 /// What a consumer remembers of the (producer id, sequence) pairs it handled.
 pub trait SettledLedger: Send + Sync + std::fmt::Debug {
-    /// Called before the handler. `true`: this stamp was handled successfully before, or
-    /// is being handled right now by another delivery — drop this one (ack it unrun).
-    /// `false`: run the handler; the stamp is now claimed until [`finish`](Self::finish).
-    fn claim(&self, producer: &str, sequence: u64) -> bool;
+    /// Called before the handler; see [`Claim`].
+    fn claim(&self, producer: &str, sequence: u64) -> Claim;
     /// The handler of a claimed stamp ended: `handled` (it returned `Ok`) records it, else
     /// the claim is released so that the redelivery runs.
     fn finish(&self, producer: &str, sequence: u64, handled: bool);
@@ -92,7 +105,7 @@ impl MemoryLedger {
 }
 
 impl SettledLedger for MemoryLedger {
-    fn claim(&self, producer: &str, sequence: u64) -> bool {
+    fn claim(&self, producer: &str, sequence: u64) -> Claim {
         let mut state = self.state.lock().unwrap();
         if !state.by_producer.contains_key(producer) {
             if state.order.len() >= self.producers
@@ -106,11 +119,13 @@ impl SettledLedger for MemoryLedger {
                 .insert(producer.to_owned(), Producer::default());
         }
         let p = state.by_producer.get_mut(producer).expect("inserted above");
-        if p.handled.contains(&sequence) || p.running.contains(&sequence) {
-            return true;
+        if p.handled.contains(&sequence) {
+            return Claim::Handled;
         }
-        p.running.insert(sequence);
-        false
+        if !p.running.insert(sequence) {
+            return Claim::Running;
+        }
+        Claim::Run
     }
 
     fn finish(&self, producer: &str, sequence: u64, handled: bool) {
@@ -140,38 +155,57 @@ mod tests {
     #[test]
     fn a_handled_stamp_is_dropped_a_failed_one_runs_again() {
         let l = MemoryLedger::default();
-        assert!(!l.claim("p", 1), "first delivery runs");
-        assert!(
+        assert_eq!(l.claim("p", 1), Claim::Run, "first delivery runs");
+        assert_eq!(
             l.claim("p", 1),
-            "a copy while the first still runs is dropped"
+            Claim::Running,
+            "a copy while the first still runs is neither run nor dropped"
         );
         l.finish("p", 1, false);
-        assert!(!l.claim("p", 1), "after a failure the redelivery runs");
+        assert_eq!(
+            l.claim("p", 1),
+            Claim::Run,
+            "after a failure the redelivery runs"
+        );
         l.finish("p", 1, true);
-        assert!(l.claim("p", 1), "after success a copy is dropped");
-        assert!(!l.claim("q", 1), "another producer's sequence 1 is its own");
+        assert_eq!(
+            l.claim("p", 1),
+            Claim::Handled,
+            "after success a copy is dropped"
+        );
+        assert_eq!(
+            l.claim("q", 1),
+            Claim::Run,
+            "another producer's sequence 1 is its own"
+        );
     }
 
     #[test]
     fn only_the_window_is_remembered() {
         let l = MemoryLedger::new(3, 10);
         for s in 0..10 {
-            assert!(!l.claim("p", s));
+            assert_eq!(l.claim("p", s), Claim::Run);
             l.finish("p", s, true);
         }
-        assert!(l.claim("p", 9) && l.claim("p", 7));
-        assert!(!l.claim("p", 6), "below the window: run, not dropped");
+        assert_eq!(l.claim("p", 9), Claim::Handled);
+        assert_eq!(l.claim("p", 7), Claim::Handled);
+        assert_eq!(
+            l.claim("p", 6),
+            Claim::Run,
+            "below the window: run, not dropped"
+        );
     }
 
     #[test]
     fn the_oldest_producer_is_forgotten_first() {
         let l = MemoryLedger::new(10, 2);
         for p in ["a", "b", "c"] {
-            assert!(!l.claim(p, 1));
+            assert_eq!(l.claim(p, 1), Claim::Run);
             l.finish(p, 1, true);
         }
-        assert!(l.claim("c", 1) && l.claim("b", 1));
-        assert!(!l.claim("a", 1), "a was evicted");
+        assert_eq!(l.claim("c", 1), Claim::Handled);
+        assert_eq!(l.claim("b", 1), Claim::Handled);
+        assert_eq!(l.claim("a", 1), Claim::Run, "a was evicted");
     }
 
     #[test]
