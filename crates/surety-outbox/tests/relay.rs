@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     PgSchema, RunningRelay, SqliteFile, TestServer, fast_config, states, unique, wait_settled,
@@ -401,7 +401,67 @@ async fn sqlite_bad_rows_end_dead_with_reason_and_the_relay_keeps_going() {
     bad_rows_end_dead(&lite.db).await;
 }
 
-// ---- an unreachable broker: retried with backoff, then dead, never dropped ----
+// ---- an unreachable broker: retried with backoff until it is back, never dropped ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rows_wait_out_a_long_outage_and_are_published_after_it() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let topic = unique("outage");
+    server.topic(&topic, "").await;
+    let client = server.client.clone();
+    let down = server.stop_for_now().await;
+    for i in 0..3 {
+        exec(
+            &pg.db,
+            &format!("INSERT INTO surety_outbox (topic, payload) VALUES ('{topic}', 'p{i}')"),
+        )
+        .await;
+    }
+    // The default config gives up never; attempts are quick here, so the outage spans
+    // far more of them than any fixed limit would allow.
+    let config = RelayConfig {
+        publish_retry: surety_client::RetryPolicy {
+            deadline: Duration::from_millis(100),
+            initial: Duration::from_millis(10),
+            ..Default::default()
+        },
+        ..fast_config()
+    };
+    assert_eq!(
+        config.max_attempts, None,
+        "the default never gives a row up"
+    );
+    let relay = RunningRelay::start(&pg.db, &client, config);
+    let started = Instant::now();
+    loop {
+        let (min_attempts,): (Option<i32>,) =
+            sqlx::query_as("SELECT min(attempts) FROM surety_outbox WHERE state = 'pending'")
+                .fetch_one(pg.pool())
+                .await
+                .unwrap();
+        if min_attempts.unwrap_or(0) >= 15 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "rows stay pending and keep being retried: {:?}",
+            states(&pg.db).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(states(&pg.db).await.get("dead"), None, "nothing given up");
+    let server = down.start().await;
+    wait_settled(&pg.db, SETTLE).await;
+    let stats = relay.stop().await;
+    assert_eq!((stats.dead, stats.published), (0, 3), "{stats:?}");
+    assert_eq!(states(&pg.db).await.get("sent"), Some(&3));
+    assert_eq!(server.stored(&topic).await, 3);
+    server.stop().await;
+    pg.drop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unconfirmed_rows_are_retried_then_marked_dead() {
@@ -419,7 +479,7 @@ async fn postgres_unconfirmed_rows_are_retried_then_marked_dead() {
     )
     .await;
     let config = RelayConfig {
-        max_attempts: 3,
+        max_attempts: Some(3),
         publish_retry: surety_client::RetryPolicy {
             deadline: Duration::from_millis(200),
             initial: Duration::from_millis(20),

@@ -45,10 +45,14 @@ pub const MAX_BATCH: usize = 5_000;
 pub struct RelayConfig {
     /// Rows claimed and published per round (1..=[`MAX_BATCH`]).
     pub batch_size: usize,
-    /// Failed publish attempts after which a row is marked `dead` with the last error.
-    /// A row the broker refuses on its merits (unknown topic, too large, invalid) is
-    /// marked dead at once: retrying it fails the same way.
-    pub max_attempts: u32,
+    /// Unconfirmed publish attempts (broker down, timeouts) after which a row is marked
+    /// `dead` with the last error; `None` (the default): never — the rows stay pending
+    /// and are retried with backoff until the broker confirms them, however long the
+    /// outage (the backlog gauges and alerts report it). Giving up would leave rows
+    /// that only a person can resend, and that may already be stored. A row the broker
+    /// refuses on its merits (unknown topic, too large, invalid) is marked dead at once
+    /// either way: retrying it fails the same way.
+    pub max_attempts: Option<u32>,
     /// Backoff between attempts of a failed batch: doubles from `backoff_initial` up to
     /// `backoff_max`.
     pub backoff_initial: Duration,
@@ -73,7 +77,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch_size: 1_000,
-            max_attempts: 10,
+            max_attempts: None,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             publish_retry: RetryPolicy {
@@ -363,7 +367,7 @@ impl Relay {
         mut config: RelayConfig,
     ) -> Relay {
         config.batch_size = config.batch_size.clamp(1, MAX_BATCH);
-        config.max_attempts = config.max_attempts.max(1);
+        config.max_attempts = config.max_attempts.map(|n| n.max(1));
         Relay {
             db,
             publisher,
@@ -621,12 +625,17 @@ impl Relay {
         s.sent.push((row.id, p.partition(), p.offset()));
     }
 
-    /// Counts a failed attempt; at `max_attempts` the row ends dead with the reason.
+    /// Counts a failed attempt; at `max_attempts` (if set) the row ends dead with the
+    /// reason.
     fn failed(&self, s: &mut Settlement, retry: &mut Vec<Row>, mut row: Row, reason: String) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::FAILURES).increment(1);
-        row.attempts += 1;
-        if row.attempts as u32 >= self.config.max_attempts {
+        row.attempts = row.attempts.saturating_add(1);
+        if self
+            .config
+            .max_attempts
+            .is_some_and(|max| row.attempts as u32 >= max)
+        {
             s.dead.push((
                 row.id,
                 format!("gave up after {} attempts: {reason}", row.attempts),

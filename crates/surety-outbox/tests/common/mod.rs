@@ -125,10 +125,33 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), "127.0.0.1:0").await
+    }
+
+    /// Stops the server and starts it again on the same address and data (its clients'
+    /// connections break and reconnect).
+    pub async fn restart(mut self) -> TestServer {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, &addr).await
+    }
+
+    /// Stops the server for a while, keeping its data: [`Down::start`] brings it back on
+    /// the same address.
+    pub async fn stop_for_now(mut self) -> Down {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        Down { dir, addr }
+    }
+
+    async fn start_in(dir: tempfile::TempDir, listen: &str) -> TestServer {
         let settings = Settings {
             data: Some(dir.path().join("data")),
-            listen: Some("127.0.0.1:0".into()),
+            listen: Some(listen.into()),
             ..Settings::default()
         };
         let server = Server::bind(Config::from_settings(settings).unwrap())
@@ -193,6 +216,18 @@ impl TestServer {
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// A stopped [`TestServer`]: its data and address, to start it again.
+pub struct Down {
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Down {
+    pub async fn start(self) -> TestServer {
+        TestServer::start_in(self.dir, &self.addr).await
     }
 }
 

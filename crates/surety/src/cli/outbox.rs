@@ -107,10 +107,11 @@ struct RelayArgs {
           value_parser = clap::value_parser!(u32).range(1..=5000))]
     batch_size: u32,
 
-    /// Failed publish attempts before a row is marked dead
-    #[arg(long, value_name = "N", default_value_t = 10,
+    /// Give a row up (mark it dead) after N unconfirmed attempts; by default rows are
+    /// retried until the broker confirms them, however long it is down
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
-    max_attempts: u32,
+    max_attempts: Option<u32>,
 
     /// How often to look for rows when idle (Postgres also wakes on NOTIFY at once)
     #[arg(long, value_name = "MS", default_value_t = 500,
