@@ -128,18 +128,37 @@ impl NatsServer {
             .prefix("surety-nats-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let (port, monitor_port) = (free_port()?, free_port()?);
+        let mut s = Self::start_in(binary, sync, temp.path())?;
+        s._temp = Some(temp);
+        Ok(s)
+    }
+
+    /// Starts `binary` on free loopback ports with its config, log and store in `dir`
+    /// (a benchmark's own directory on the disk under test; /tmp may be tmpfs).
+    pub fn start_in(binary: Binary, sync: Sync, dir: &Path) -> Result<NatsServer, String> {
+        let port = free_port()?;
+        let monitor_port = loop {
+            let p = free_port()?;
+            if p != port {
+                break p;
+            }
+        };
         let mut s = NatsServer {
             binary,
             port,
             monitor_port,
             sync,
-            dir: temp.path().to_owned(),
+            dir: dir.to_owned(),
             child: None,
-            _temp: Some(temp),
+            _temp: None,
         };
         s.spawn()?;
         Ok(s)
+    }
+
+    /// The server process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `nats://127.0.0.1:PORT`.
