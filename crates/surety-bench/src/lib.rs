@@ -1,11 +1,12 @@
 //! `surety-bench`: measurements of Surety's parts on this machine (`surety bench log|
-//! broker|server|outbox|peer`), each against a baseline measured in the same run, printed
+//! broker|server|outbox|peer|restart|nats`), each against a baseline measured in the same run, printed
 //! and recorded in its own section of BENCHMARKS.md. The `surety` binary runs them; `bench
 //! server` and `bench peer` start that same binary (`surety serve`) as their server.
 
 mod broker;
 mod log;
 mod memory;
+mod nats;
 mod outbox;
 mod peer;
 mod progress;
@@ -69,6 +70,10 @@ enum Which {
     /// /healthz and memory after open, clean, after kill -9 and without a dedupe snapshot
     #[command(long_about = restart::LONG_ABOUT, after_help = restart::AFTER_HELP)]
     Restart(restart::RestartArgs),
+    /// What the Surety layer costs on NATS JetStream: plain async-nats and Surety over
+    /// it, the same workload on a nats-server with sync_interval always, and the ratios
+    #[command(long_about = nats::LONG_ABOUT, after_help = nats::AFTER_HELP)]
+    Nats(nats::NatsArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -80,6 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Outbox(args) => outbox::run(args),
         Which::Peer(args) => peer::run(args),
         Which::Restart(args) => restart::run(args),
+        Which::Nats(args) => nats::run(args),
     }
 }
 

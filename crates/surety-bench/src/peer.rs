@@ -426,7 +426,7 @@ fn redis_flags_display(port: &str) -> String {
         .join(" ")
 }
 
-fn load_average() -> String {
+pub(super) fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -454,20 +454,20 @@ fn raw_figures(m: &super::Measurement) -> RunFigures {
     }
 }
 
-/// Shared by one target's producer and consumer tasks.
+/// Shared by one target's producer and consumer tasks (also `bench nats`'s).
 #[derive(Debug)]
-struct Shared {
-    phase: AtomicU8,
+pub(super) struct Shared {
+    pub(super) phase: AtomicU8,
     /// The publish instants in the payloads count from here.
-    epoch: Instant,
-    published: AtomicU64,
-    handled: AtomicU64,
-    publish: Mutex<Histogram<u64>>,
-    end_to_end: Mutex<Histogram<u64>>,
+    pub(super) epoch: Instant,
+    pub(super) published: AtomicU64,
+    pub(super) handled: AtomicU64,
+    pub(super) publish: Mutex<Histogram<u64>>,
+    pub(super) end_to_end: Mutex<Histogram<u64>>,
 }
 
 impl Shared {
-    fn new() -> Arc<Self> {
+    pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
             phase: AtomicU8::new(WARMING),
             epoch: Instant::now(),
@@ -478,12 +478,12 @@ impl Shared {
         })
     }
 
-    fn running(&self) -> bool {
+    pub(super) fn running(&self) -> bool {
         self.phase.load(Ordering::Acquire) != STOPPING
     }
 
     /// A fresh payload stamped with the instant its publish starts.
-    fn stamped(&self, body: &[u8]) -> (Instant, Vec<u8>) {
+    pub(super) fn stamped(&self, body: &[u8]) -> (Instant, Vec<u8>) {
         let started = Instant::now();
         let mut payload = body.to_vec();
         payload[..8].copy_from_slice(&nanos(started - self.epoch).to_le_bytes());
@@ -491,7 +491,7 @@ impl Shared {
     }
 
     /// A publish was confirmed: count it and its latency, inside the window.
-    fn confirmed(&self, started: Instant) {
+    pub(super) fn confirmed(&self, started: Instant) {
         let took = started.elapsed();
         if self.phase.load(Ordering::Acquire) == MEASURING {
             self.published.fetch_add(1, Ordering::Relaxed);
@@ -500,7 +500,7 @@ impl Shared {
     }
 
     /// A handler ran: count it and its end-to-end latency, inside the window.
-    fn delivered(&self, payload: &[u8]) {
+    pub(super) fn delivered(&self, payload: &[u8]) {
         if self.phase.load(Ordering::Acquire) != MEASURING {
             return;
         }
@@ -927,7 +927,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// User + system CPU time of a process (all its threads) from /proc/<pid>/stat.
-fn process_cpu(pid: u32) -> Option<Duration> {
+pub(super) fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after it are space-separated, starting
     // with the third (state): utime and stime are the 14th and 15th.

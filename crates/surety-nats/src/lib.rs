@@ -34,6 +34,7 @@ pub mod names;
 mod options;
 pub mod publish;
 mod receipt;
+pub mod server;
 pub mod session;
 pub mod settings;
 pub mod settle;

@@ -28,9 +28,18 @@ pub const DEFAULT_MONITOR_PORT: u16 = 8222;
 
 /// The Surety reliability layer's transport on NATS JetStream: a stream per topic, a
 /// durable pull consumer per group, a dead-letter stream. Cheap to clone (shared).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsTransport {
     pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("durability", &self.inner.durability)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

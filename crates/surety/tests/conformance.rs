@@ -1,28 +1,62 @@
-//! The conformance suite (crates/surety-conformance) against Surety's own transports:
+//! The conformance suite (crates/surety-conformance) against every transport:
 //! `grpc` (a real `surety serve` child on a temp data dir; restarts are SIGKILL + restart
-//! on the same dir; consumers and outbox relays die as SIGKILLed processes) and
+//! on the same dir; consumers and outbox relays die as SIGKILLed processes),
 //! `in_process` (`surety_embedded::InProcess` over a `surety_broker::Broker` on a temp
-//! dir; restarts close and reopen the broker; consumers and relays die as aborted tasks).
+//! dir; restarts close and reopen the broker; consumers and relays die as aborted tasks),
+//! and `nats` / `nats_2_9` (a real `nats-server` child per trial, 2.10+ with
+//! `sync_interval: always` and the machine's 2.9; restarts are SIGKILL + restart on the
+//! same store; consumers and relays die as SIGKILLed processes). Without a nats-server
+//! binary the NATS trials are not registered and the reason is printed; under
+//! `CI=true` that fails instead.
 //!
 //! Each scenario is its own trial, `<transport>::<scenario>`:
-//! `cargo nextest run -p surety --test conformance` (or `... grpc::`), and
+//! `cargo nextest run -p surety --test conformance` (or `... nats::`), and
 //! `cargo nextest list -p surety --test conformance` lists them. A harness of its own
 //! (`harness = false`, libtest-mimic), so that this binary can also be the child consumer
-//! that the gRPC fixture starts and SIGKILLs (see `surety_conformance::child`).
+//! (and NATS relay) that the fixtures start and SIGKILL (see `surety_conformance::child`).
 
 mod common;
 #[path = "conformance/grpc.rs"]
 mod grpc;
 #[path = "conformance/in_process.rs"]
 mod in_process;
+#[path = "conformance/nats.rs"]
+mod nats;
 
-use surety_conformance::Backend;
+use std::sync::Arc;
+
+use surety_conformance::{Backend, BoxFuture};
+use surety_core::Transport;
+
+/// A child consumer connects to its fixture's endpoint: a NATS URL or a Surety server's.
+fn connect_endpoint(endpoint: String) -> BoxFuture<'static, Arc<dyn Transport>> {
+    if endpoint.starts_with("nats://") {
+        nats::connect_endpoint(endpoint)
+    } else {
+        grpc::connect_endpoint(endpoint)
+    }
+}
 
 fn main() {
-    // A child consumer re-executed by the gRPC fixture: runs until SIGKILLed.
-    surety_conformance::child::run_if_child(grpc::connect_endpoint);
-    surety_conformance::run(vec![
+    // A child consumer or relay re-executed by a fixture: runs until SIGKILLed.
+    surety_conformance::child::run_if_child(connect_endpoint);
+    nats::run_relay_if_child();
+    let mut backends = vec![
         Backend::new("grpc", grpc::start),
         Backend::new("in_process", in_process::start),
-    ]);
+    ];
+    for (name, old, start) in [
+        ("nats", false, nats::start as fn() -> _),
+        ("nats_2_9", true, nats::start_2_9),
+    ] {
+        match nats::binary(old) {
+            Ok(_) => backends.push(Backend::new(name, start)),
+            Err(why) if surety_nats::server::required() => {
+                panic!("{name}: {why} (required under CI=true)")
+            }
+            // stderr: stdout is the trial list nextest reads.
+            Err(why) => eprintln!("SKIPPED {name}::*: {why}"),
+        }
+    }
+    surety_conformance::run(backends);
 }
