@@ -217,6 +217,26 @@ pub fn scan(
     max_frame_len: usize,
     index_interval: u64,
 ) -> io::Result<ScanOutcome> {
+    scan_paced(
+        file,
+        base_offset,
+        file_len,
+        max_frame_len,
+        index_interval,
+        &mut |_| {},
+    )
+}
+
+/// [`scan`], calling `pace` with each valid frame's length as it goes past: the scrub
+/// throttles itself there, `surety verify` counts progress.
+pub fn scan_paced(
+    file: &dyn StorageFile,
+    base_offset: u64,
+    file_len: u64,
+    max_frame_len: usize,
+    index_interval: u64,
+    pace: &mut dyn FnMut(u64),
+) -> io::Result<ScanOutcome> {
     let mut cursor = FrameCursor::new(file, SEGMENT_HEADER_LEN as u64, file_len, max_frame_len);
     let mut out = ScanOutcome {
         end_pos: SEGMENT_HEADER_LEN as u64,
@@ -268,6 +288,7 @@ pub fn scan(
         }));
         cursor.advance(frame.frame_len);
         out.end_pos = cursor.pos;
+        pace(frame.frame_len as u64);
     }
     Ok(out)
 }
