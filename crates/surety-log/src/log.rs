@@ -311,7 +311,9 @@ impl Log {
 
     /// Reads durable records from `offset` on: at most `max_records`, and stopping once
     /// `max_bytes` of payload are collected (at least one record is always returned when
-    /// one is there). Every record's CRC is verified.
+    /// one is there). Every record's CRC is verified: a read stops before a damaged
+    /// record, and fails with [`ReadError::Corrupt`] when that is the first it would
+    /// return.
     pub fn read_from(
         &self,
         offset: u64,
@@ -347,6 +349,11 @@ impl Log {
                     Ok(Some(Err(error))) => {
                         let c = read_corruption(&seg, cursor.pos, expected, error);
                         seg.mark_corrupt(&c);
+                        // The records before the damage verified: serve them, and let
+                        // the next read, which starts at the damage, fail.
+                        if !out.is_empty() {
+                            return Ok(out);
+                        }
                         return Err(ReadError::Corrupt(Box::new(c)));
                     }
                     Err(source) => {

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::ops::RangeInclusive;
+use std::ops::{ControlFlow, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -174,7 +174,7 @@ fn try_recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<
                         base,
                         len,
                         config,
-                        &mut |_| {},
+                        &mut |_| ControlFlow::Continue(()),
                     )
                     .map_err(io_at(&path))?
                     .map_err(|c| Fault::Corrupt(c, next_base))?;
@@ -269,7 +269,8 @@ pub(crate) fn is_incomplete(
     Ok(header_fault(file.as_ref(), base, len, max_frame)?.is_some_and(|f| !f.any_record))
 }
 
-/// Scans a sealed segment, CRC-checking every record (`pace` sees each frame's length):
+/// Scans a sealed segment, CRC-checking every record (`pace` sees each frame's length
+/// and may stop the scan: then the outcome is `aborted` and judges nothing):
 /// sealed segments were synced whole before their successor existed, so any invalid
 /// frame is corruption. So is a segment shorter than its intact index says: the index
 /// was written after the sealed length was synced, so the bytes missing held
@@ -282,7 +283,7 @@ pub(crate) fn check_sealed(
     base: u64,
     len: u64,
     config: &LogConfig,
-    pace: &mut dyn FnMut(u64),
+    pace: &mut dyn FnMut(u64) -> ControlFlow<()>,
 ) -> io::Result<Result<ScanOutcome, Corruption>> {
     let s = scan_paced(
         file,
@@ -292,6 +293,9 @@ pub(crate) fn check_sealed(
         config.index_interval_bytes,
         pace,
     )?;
+    if s.aborted {
+        return Ok(Ok(s));
+    }
     if let Some(stop) = &s.stop {
         let detail = format!("invalid record in a sealed segment: {}", stop.error);
         return Ok(Err(corruption(path, stop.pos, s.next_offset, detail)));
@@ -359,7 +363,7 @@ pub(crate) fn diagnose_tail(
     base: u64,
     len: u64,
     config: &LogConfig,
-    pace: &mut dyn FnMut(u64),
+    pace: &mut dyn FnMut(u64) -> ControlFlow<()>,
 ) -> io::Result<Tail> {
     let max_frame = config.max_record_bytes;
     let s = scan_paced(
@@ -401,7 +405,11 @@ fn recover_tail(
     config: &LogConfig,
     report: &mut RecoveryReport,
 ) -> Result<SegmentState, Fault> {
-    let s = match diagnose_tail(file, path, base, len, config, &mut |_| {}).map_err(io_at(path))? {
+    let s = match diagnose_tail(file, path, base, len, config, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .map_err(io_at(path))?
+    {
         Tail::Clean(s) => s,
         Tail::Corrupt(c) => return Err(Fault::Corrupt(c, None)),
         Tail::Torn(s, stop) => {

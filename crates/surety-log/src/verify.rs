@@ -5,6 +5,7 @@
 //! last segment only one that a later synced batch follows (else it is the torn,
 //! never-acknowledged tail that opening the log cuts off).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,14 +43,15 @@ impl Log {
     }
 
     /// CRC-checks every record of the sealed segment based at `base` (calling `pace`
-    /// with each frame's length, so a caller can throttle), and rewrites its index file
-    /// if that disagrees with the records. Damage found is remembered
-    /// ([`Log::corrupt_segments`]) and returned in the check, not as an error; `None`
-    /// when no sealed segment starts there (any more: retention may have deleted it).
+    /// with each frame's length, so a caller can throttle, or stop the check), and
+    /// rewrites its index file if that disagrees with the records. Damage found is
+    /// remembered ([`Log::corrupt_segments`]) and returned in the check, not as an
+    /// error. `None` when no sealed segment starts there (any more: retention may have
+    /// deleted it) or `pace` stopped the check.
     pub fn verify_sealed(
         &self,
         base: u64,
-        pace: &mut dyn FnMut(u64),
+        pace: &mut dyn FnMut(u64) -> ControlFlow<()>,
     ) -> Result<Option<SegmentCheck>, ReadError> {
         let seg: Arc<Segment> = {
             let segs = self.inner().segments.read().unwrap();
@@ -84,6 +86,7 @@ impl Log {
             .map_err(io)?
             {
                 Err(c) => (0, Some(c)),
+                Ok(s) if s.aborted => return Ok(None),
                 Ok(s) if s.next_offset != next_offset => {
                     let detail = format!(
                         "records end below offset {} but the log expects {next_offset}",
@@ -244,6 +247,7 @@ pub fn verify_dir(
         let mut pace = |n: u64| {
             read += n;
             progress(n);
+            ControlFlow::Continue(())
         };
         let mut report = SegmentReport {
             path: path.clone(),

@@ -6,6 +6,7 @@
 //! trusted beyond what was checked against the segment.
 
 use std::fs::{self, OpenOptions};
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,7 +186,10 @@ fn a_bit_flip_in_a_sealed_segment_is_caught_at_open_or_on_read() {
         matches!(&err, ReadError::Corrupt(c) if c.segment == *sealed),
         "{err:?}"
     );
-    let err = log.read_from(victim - 2, 10, usize::MAX).unwrap_err();
+    // A read reaching the damage stops before it.
+    let got = log.read_from(victim - 2, 10, usize::MAX).unwrap();
+    assert_eq!(got.len(), 2);
+    let err = log.read_from(victim, 10, usize::MAX).unwrap_err();
     assert!(matches!(err, ReadError::Corrupt(_)));
     drop(log);
 
@@ -548,16 +552,23 @@ fn a_flipped_byte_in_a_sealed_segment_is_reported_by_scrub_verify_and_reads_neve
     // Open trusts the segment; a read reaching the damage fails, naming it.
     let log = Log::open_dir(dir.path(), cfg.clone()).unwrap();
     assert!(log.corrupt_segments().is_empty());
-    for (from, n) in [(victim, 1), (victim - 2, 10), (base, usize::MAX)] {
-        match log.read_from(from, n, usize::MAX) {
+    for n in [1, 10] {
+        match log.read_from(victim, n, usize::MAX) {
             Err(ReadError::Corrupt(c)) => {
                 assert_eq!(
                     (&c.segment, c.offset, c.position),
                     (sealed, victim, pos as u64)
                 )
             }
-            other => panic!("read from {from}: expected corruption, got {other:?}"),
+            other => panic!("expected corruption, got {other:?}"),
         }
+    }
+    // A read that reaches the damage stops before it: all it returns verified.
+    for from in [victim - 2, base] {
+        let got = log.read_from(from, usize::MAX, usize::MAX).unwrap();
+        let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (from..victim).collect::<Vec<_>>());
+        assert!(got.iter().all(|r| r.payload == payload(r.offset)));
     }
     assert_eq!(log.corrupt_segments().len(), 1);
     assert_eq!(log.corrupt_segments()[0].offset, victim);
@@ -569,11 +580,24 @@ fn a_flipped_byte_in_a_sealed_segment_is_reported_by_scrub_verify_and_reads_neve
 
     // The scrub finds it with no read, and passes every other sealed segment.
     let log = Log::open_dir(dir.path(), cfg).unwrap();
+    // A check its caller stops judges nothing.
+    assert!(
+        log.verify_sealed(base, &mut |_| ControlFlow::Break(()))
+            .unwrap()
+            .is_none()
+    );
+    assert!(log.corrupt_segments().is_empty());
     let sealed_bases = log.sealed_segments();
     assert!(sealed_bases.len() >= 2 && sealed_bases.contains(&base));
     for b in sealed_bases {
         let mut paced = 0;
-        let checked = log.verify_sealed(b, &mut |n| paced += n).unwrap().unwrap();
+        let checked = log
+            .verify_sealed(b, &mut |n| {
+                paced += n;
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .unwrap();
         assert_eq!(checked.base_offset, b);
         if b == base {
             let c = checked.corruption.expect("scrub finds the flipped byte");
@@ -585,7 +609,9 @@ fn a_flipped_byte_in_a_sealed_segment_is_reported_by_scrub_verify_and_reads_neve
     }
     assert_eq!(log.corrupt_segments().len(), 1);
     assert!(
-        log.verify_sealed(299, &mut |_| {}).unwrap().is_none(),
+        log.verify_sealed(299, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .is_none(),
         "the active segment is not sealed"
     );
 }
