@@ -39,12 +39,13 @@ use crate::dedupe::{Begin, DedupeKey, DedupeTable, decode_snapshot as decode_ded
 use crate::error::BrokerError;
 use crate::group::{Event, FreshMessage, GroupPartition, GroupStats, Lease, Millis, Settled};
 use crate::limits;
+use crate::log_name::LogName;
 use crate::message::{Lineage, PublishMessage, StoredMessage};
 use crate::receipt::{ReceiptData, ReceiptKey};
+use crate::scrub::{LogScrub, ScrubCounters, ScrubStats, Scrubber};
 use crate::session::SettleOp;
 use crate::topic::{
-    DurabilityConfig, TopicConfig, TopicConfigPatch, partition_for, validate_group_name,
-    validate_topic_name,
+    TopicConfig, TopicConfigPatch, partition_for, validate_group_name, validate_topic_name,
 };
 
 /// The clock the broker decides with (milliseconds since the Unix epoch by default).
@@ -64,6 +65,11 @@ pub struct BrokerOptions {
     /// `maintain` snapshots a topic's groups and compacts its journal once this many
     /// journal records were written since the last snapshot.
     pub compact_after_records: u64,
+    /// How fast [`Broker::spawn_scrubber`]'s thread may read sealed segments to
+    /// CRC-check them; 0 turns the scrub off (`crate::scrub`).
+    pub scrub_bytes_per_sec: u64,
+    /// A scrub pass starts at most this often.
+    pub scrub_interval: Duration,
 }
 
 impl Default for BrokerOptions {
@@ -72,6 +78,8 @@ impl Default for BrokerOptions {
             clock: system_clock(),
             segment_bytes: 64 * 1024 * 1024,
             compact_after_records: 100_000,
+            scrub_bytes_per_sec: crate::scrub::DEFAULT_SCRUB_BYTES_PER_SEC,
+            scrub_interval: crate::scrub::DEFAULT_SCRUB_INTERVAL,
         }
     }
 }
@@ -80,6 +88,9 @@ impl std::fmt::Debug for BrokerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerOptions")
             .field("segment_bytes", &self.segment_bytes)
+            .field("compact_after_records", &self.compact_after_records)
+            .field("scrub_bytes_per_sec", &self.scrub_bytes_per_sec)
+            .field("scrub_interval", &self.scrub_interval)
             .finish_non_exhaustive()
     }
 }
@@ -364,6 +375,17 @@ pub struct TopicInfo {
     pub end_offsets: Vec<u64>,
     pub start_offsets: Vec<u64>,
     pub groups: Vec<GroupInfo>,
+    /// Segments of the topic's logs found damaged since the broker opened (by a read or
+    /// the scrub): their damaged records are never served, the rest is.
+    pub corrupt_segments: Vec<CorruptSegment>,
+}
+
+/// A damaged segment of one of a topic's logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptSegment {
+    pub log: LogName,
+    /// The segment file, and the first damage found in it.
+    pub corruption: surety_log::Corruption,
 }
 
 /// Records of one publish call bound for one partition, with each one's answer slot and
@@ -379,7 +401,7 @@ pub struct Broker {
     inner: Arc<BrokerInner>,
 }
 
-struct BrokerInner {
+pub(crate) struct BrokerInner {
     /// Held (locked) while this broker lives: a second broker on the same directory, in
     /// this process or another, would append to the same logs behind this one's back.
     _lock: std::fs::File,
@@ -395,6 +417,17 @@ struct BrokerInner {
     /// the sweeper task, which holds the broker only weakly.
     sweep_wake: Arc<Notify>,
     dedupe_policy: RwLock<DedupeSnapshotPolicy>,
+    scrub: Arc<ScrubCounters>,
+}
+
+/// A broker held weakly, by the threads that must not keep it alive.
+#[derive(Debug)]
+pub(crate) struct WeakBroker(Weak<BrokerInner>);
+
+impl WeakBroker {
+    pub fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|inner| Broker { inner })
+    }
 }
 
 impl std::fmt::Debug for BrokerInner {
@@ -410,7 +443,7 @@ struct Topic {
     dir: PathBuf,
     config: RwLock<TopicConfig>,
     partitions: RwLock<Vec<Arc<Log>>>,
-    journal: Log,
+    journal: Arc<Log>,
     groups: Mutex<BTreeMap<String, Arc<Mutex<Group>>>>,
     dedupe: std::sync::Mutex<DedupeState>,
     /// Held while a dedupe snapshot is encoded and written: one writer at a time, so a
@@ -548,6 +581,7 @@ impl Broker {
             sweeps: std::sync::Mutex::new(BTreeSet::new()),
             sweep_wake: Arc::new(Notify::new()),
             dedupe_policy: RwLock::new(DedupeSnapshotPolicy::default()),
+            scrub: Arc::default(),
         });
         let broker = Broker { inner };
         let mut names: Vec<String> = std::fs::read_dir(dir.join("topics"))?
@@ -582,20 +616,7 @@ impl Broker {
     }
 
     fn log_config(&self, config: &TopicConfig) -> LogConfig {
-        // Room for the broker's own headers on top of the largest message.
-        let max_record_bytes = config.max_message_bytes as usize + 64 * 1024;
-        LogConfig {
-            segment_bytes: config
-                .segment_bytes
-                .unwrap_or(self.inner.options.segment_bytes)
-                .max(2 * max_record_bytes as u64),
-            max_record_bytes,
-            durability: match config.durability {
-                DurabilityConfig::Fsync => surety_log::Durability::Fsync,
-                DurabilityConfig::None => surety_log::Durability::None,
-            },
-            ..LogConfig::default()
-        }
+        config.log_config(self.inner.options.segment_bytes)
     }
 
     fn open_topic(
@@ -616,7 +637,7 @@ impl Broker {
             durability: surety_log::Durability::Fsync,
             ..log_config.clone()
         };
-        let journal = Log::open_dir(dir.join("journal"), journal_config)?;
+        let journal = Arc::new(Log::open_dir(dir.join("journal"), journal_config)?);
         let topic = Topic {
             name: name.to_owned(),
             dir,
@@ -1123,13 +1144,79 @@ impl Broker {
             let g = g.lock().await;
             groups.push(group_info(&g, &end_offsets));
         }
+        let mut corrupt_segments = Vec::new();
+        for (log, l) in topic_logs(&topic).await {
+            corrupt_segments.extend(l.corrupt_segments().into_iter().map(|corruption| {
+                CorruptSegment {
+                    log: log.clone(),
+                    corruption,
+                }
+            }));
+        }
         Ok(TopicInfo {
             name: topic.name.clone(),
             config: topic.config.read().unwrap().clone(),
             end_offsets,
             start_offsets,
             groups,
+            corrupt_segments,
         })
+    }
+
+    /// Every log this broker has open, named by topic: partitions, group journal, and
+    /// the dead-letter logs of groups that have had a dead letter.
+    pub(crate) async fn owned_logs(&self) -> Vec<(String, LogName, Arc<Log>)> {
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for topic in topics {
+            for (name, log) in topic_logs(&topic).await {
+                out.push((topic.name.clone(), name, log));
+            }
+        }
+        out
+    }
+
+    /// Starts the background scrub (`crate::scrub`) at `BrokerOptions::scrub_bytes_per_sec`;
+    /// `None` when that is 0. Callable from any thread; stop it before closing the broker.
+    pub fn spawn_scrubber(&self) -> std::io::Result<Option<Scrubber>> {
+        let options = &self.inner.options;
+        if options.scrub_bytes_per_sec == 0 {
+            return Ok(None);
+        }
+        Scrubber::spawn(
+            WeakBroker(Arc::downgrade(&self.inner)),
+            self.inner.scrub.clone(),
+            options.scrub_bytes_per_sec,
+            options.scrub_interval,
+        )
+        .map(Some)
+    }
+
+    /// What the scrub has done, and the damaged segments of every open log.
+    pub async fn scrub_stats(&self) -> ScrubStats {
+        let counters = &self.inner.scrub;
+        let logs = self
+            .owned_logs()
+            .await
+            .into_iter()
+            .map(|(topic, log, l)| LogScrub {
+                bytes_scrubbed: counters.bytes(&topic, &log),
+                corrupt_segments: l.corrupt_segments().len() as u64,
+                topic,
+                log,
+            })
+            .collect();
+        ScrubStats {
+            passes: counters.passes(),
+            logs,
+        }
     }
 
     /// Publishes messages; each answer comes only after its record is durable (fsync),
@@ -1698,6 +1785,9 @@ impl Broker {
         let mut events = Vec::new();
         let mut leases: Vec<(u32, Lease)> = Vec::new();
         let mut fresh_records: HashMap<(u32, u64), StoredMessage> = HashMap::new();
+        // A damaged record holds its partition back for this group (it is never skipped
+        // silently); the other partitions, and redeliveries, keep going.
+        let mut corrupt = None;
         // Rotate the starting partition so one busy partition cannot starve the others.
         let n = partitions.len();
         let first = (topic.round_robin.fetch_add(1, Ordering::Relaxed) as usize) % n.max(1);
@@ -1711,7 +1801,15 @@ impl Broker {
             let next = part.next_fresh().max(partitions[p].start_offset());
             let mut fresh = Vec::new();
             if next == part.next_fresh() {
-                for r in partitions[p].read_from(next, want, 4 << 20)? {
+                let records = match partitions[p].read_from(next, want, 4 << 20) {
+                    Ok(records) => records,
+                    Err(surety_log::ReadError::Corrupt(c)) => {
+                        corrupt.get_or_insert(BrokerError::Corrupt(c));
+                        Vec::new()
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                for r in records {
                     let m = StoredMessage::from_record(r);
                     fresh.push(FreshMessage {
                         offset: m.offset,
@@ -1766,6 +1864,11 @@ impl Broker {
                 lease_until: l.lease_until,
                 message,
             });
+        }
+        if out.is_empty()
+            && let Some(e) = corrupt
+        {
+            return Err(e);
         }
         Ok((out, next_due))
     }
@@ -2598,6 +2701,25 @@ fn group_info(g: &Group, end_offsets: &[u64]) -> GroupInfo {
         dead_letters_purged: g.purged,
         dead_letters_resent: g.resent,
     }
+}
+
+/// Every log of `topic`, named: partitions, journal, then dead letters by group.
+async fn topic_logs(topic: &Topic) -> Vec<(LogName, Arc<Log>)> {
+    let mut out: Vec<(LogName, Arc<Log>)> = topic
+        .partitions
+        .read()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(p, l)| (LogName::Partition(p as u32), l.clone()))
+        .collect();
+    out.push((LogName::Journal, topic.journal.clone()));
+    for (name, g) in topic.groups.lock().await.iter() {
+        if let Some(dlq) = &g.lock().await.dlq {
+            out.push((LogName::DeadLetters(name.clone()), dlq.clone()));
+        }
+    }
+    out
 }
 
 fn end_offsets(topic: &Topic) -> Vec<u64> {

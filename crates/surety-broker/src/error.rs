@@ -58,6 +58,11 @@ pub enum BrokerError {
     /// and a retry with the same producer sequence or id settles it.
     #[error("the broker is shutting down: {0}")]
     ShuttingDown(String),
+    /// Stored data failed its CRC check (or a segment is damaged otherwise): never
+    /// served. The rest of the log keeps serving; `surety verify` and the topic's
+    /// `corrupt_segments` say where.
+    #[error("data corrupt: {0}")]
+    Corrupt(Box<surety_log::Corruption>),
     /// Another broker (in this process or another) has the data directory open.
     #[error("data directory {} is in use by another broker (its LOCK file is locked)", .0.display())]
     DirectoryInUse(std::path::PathBuf),
@@ -86,6 +91,7 @@ impl BrokerError {
             BrokerError::Storage(_) => "storage_failure",
             BrokerError::TopicFailed(_) => "topic_failed",
             BrokerError::ShuttingDown(_) => "shutting_down",
+            BrokerError::Corrupt(_) => "data_corrupt",
             BrokerError::DirectoryInUse(_) => "directory_in_use",
         }
     }
@@ -99,13 +105,19 @@ impl From<surety_log::AppendError> for BrokerError {
 
 impl From<surety_log::ReadError> for BrokerError {
     fn from(e: surety_log::ReadError) -> Self {
-        BrokerError::Storage(e.to_string())
+        match e {
+            surety_log::ReadError::Corrupt(c) => BrokerError::Corrupt(c),
+            e => BrokerError::Storage(e.to_string()),
+        }
     }
 }
 
 impl From<surety_log::OpenError> for BrokerError {
     fn from(e: surety_log::OpenError) -> Self {
-        BrokerError::Storage(e.to_string())
+        match e {
+            surety_log::OpenError::Corrupt(c) => BrokerError::Corrupt(c),
+            e => BrokerError::Storage(e.to_string()),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`session`]: one consumer session (the credit window, a fetcher under it,
 //!   concurrent per-receipt settlements, drain), shared by the gRPC front and the
 //!   in-process transport.
+//! - [`scrub`]: the background check of sealed segments that opening trusts.
 //! - [`dedupe`], [`topic`], [`receipt`], [`message`], [`codec`]: the pieces around them.
 
 pub mod backoff;
@@ -18,16 +19,18 @@ pub mod dedupe;
 pub mod error;
 pub mod group;
 pub mod limits;
+mod log_name;
 pub mod message;
 pub mod receipt;
+pub mod scrub;
 pub mod session;
 pub mod topic;
 
 pub use backoff::Backoff;
 pub use broker::{
-    Broker, BrokerOptions, DeadLetter, DeadLetterPage, DedupeRecovery, DedupeSnapshotPolicy,
-    Delivery, GroupDeleted, GroupInfo, PartitionSeek, Peek, PublishResult, SeekOutcome, SeekTo,
-    Selection, StagedSettle, StartAt, TopicDeleted, TopicInfo,
+    Broker, BrokerOptions, CorruptSegment, DeadLetter, DeadLetterPage, DedupeRecovery,
+    DedupeSnapshotPolicy, Delivery, GroupDeleted, GroupInfo, PartitionSeek, Peek, PublishResult,
+    SeekOutcome, SeekTo, Selection, StagedSettle, StartAt, TopicDeleted, TopicInfo,
 };
 pub use dedupe::{
     Begin, DedupeConfig, DedupeKey, DedupeSnapshot, DedupeStats, DedupeTable, Reservation,
@@ -37,7 +40,9 @@ pub use error::BrokerError;
 pub use group::{
     Event, FreshMessage, GroupPartition, GroupPolicy, GroupStats, Lease, SettleError, Settled,
 };
+pub use log_name::LogName;
 pub use message::{Lineage, PublishMessage, StoredMessage};
+pub use scrub::{LogScrub, ScrubStats, Scrubber};
 pub use topic::{
     ConfigError, NameError, TopicConfig, TopicConfigPatch, partition_for, validate_group_name,
     validate_topic_name,

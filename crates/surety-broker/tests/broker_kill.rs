@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use surety_broker::topic::TopicConfigPatch;
 use surety_broker::{Broker, BrokerOptions, PublishMessage, StoredMessage, TopicConfig};
-use surety_log::{Log, LogConfig};
+use surety_log::{Log, LogConfig, VerifyOnOpen};
 
 const CHILD_DIR_ENV: &str = "SURETY_BROKER_KILL_DIR";
 const CHILD_CYCLE_ENV: &str = "SURETY_BROKER_KILL_CYCLE";
@@ -57,13 +57,12 @@ fn topic_patch() -> TopicConfigPatch {
     serde_json::from_str(TOPIC_CONFIG).unwrap()
 }
 
-/// The partition logs' configuration, exactly as `Broker::log_config` derives it.
+/// The partition logs' configuration as the broker derives it, but checking every record
+/// at open.
 fn partition_log_config(config: &TopicConfig) -> LogConfig {
-    let max_record_bytes = config.max_message_bytes as usize + 64 * 1024;
     LogConfig {
-        segment_bytes: options().segment_bytes.max(2 * max_record_bytes as u64),
-        max_record_bytes,
-        ..LogConfig::default()
+        verify_on_open: VerifyOnOpen::All,
+        ..config.log_config(options().segment_bytes)
     }
 }
 

@@ -74,6 +74,19 @@ pub enum ReadError {
     },
 }
 
+/// Why [`crate::verify_dir`] could not check a log directory (what it found in the
+/// segments is its answer, not an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("i/o error on {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Why retention could not delete a segment. Segments already deleted stay deleted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -80,6 +80,47 @@ impl IndexFile {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, IndexError> {
+        let header = IndexHeader::decode(bytes)?;
+        if bytes.len() as u64 != header.file_len() {
+            return Err(IndexError::Length);
+        }
+        let mut entries = Vec::with_capacity(header.entry_count as usize);
+        for (i, chunk) in bytes[INDEX_HEADER_LEN..]
+            .chunks_exact(INDEX_ENTRY_LEN)
+            .enumerate()
+        {
+            let entry = decode_entry(chunk).ok_or(IndexError::Entry(i))?;
+            if entries.last().is_some_and(|p: &IndexEntry| {
+                p.offset >= entry.offset || p.position >= entry.position
+            }) {
+                return Err(IndexError::Order);
+            }
+            entries.push(entry);
+        }
+        Ok(Self {
+            base_offset: header.base_offset,
+            next_offset: header.next_offset,
+            segment_len: header.segment_len,
+            max_timestamp_ms: header.max_timestamp_ms,
+            entries,
+        })
+    }
+}
+
+/// The fixed-size head of an index file: enough to trust a sealed segment at open
+/// without reading its entries (each entry carries its own CRC and is checked when used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexHeader {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub segment_len: u64,
+    pub max_timestamp_ms: Option<i64>,
+    pub entry_count: u32,
+}
+
+impl IndexHeader {
+    /// Decodes and checks the first [`INDEX_HEADER_LEN`] bytes of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, IndexError> {
         if bytes.len() < INDEX_HEADER_LEN {
             return Err(IndexError::Short);
         }
@@ -101,35 +142,34 @@ impl IndexFile {
         if u32_at(52) != 0 {
             return Err(IndexError::Reserved);
         }
-        let count = u32_at(12) as usize;
-        if bytes.len() != INDEX_HEADER_LEN + count * INDEX_ENTRY_LEN {
-            return Err(IndexError::Length);
-        }
-        let mut entries = Vec::with_capacity(count);
-        for i in 0..count {
-            let at = INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN;
-            if u32_at(at + 12) != crc32c::crc32c(&bytes[at..at + 12]) {
-                return Err(IndexError::Entry(i));
-            }
-            let entry = IndexEntry {
-                offset: u64_at(at),
-                position: u32_at(at + 8),
-            };
-            if entries.last().is_some_and(|p: &IndexEntry| {
-                p.offset >= entry.offset || p.position >= entry.position
-            }) {
-                return Err(IndexError::Order);
-            }
-            entries.push(entry);
-        }
         Ok(Self {
             base_offset: u64_at(16),
             next_offset: u64_at(24),
             segment_len: u64_at(32),
             max_timestamp_ms: Some(u64_at(40) as i64).filter(|&t| t != i64::MIN),
-            entries,
+            entry_count: u32_at(12),
         })
     }
+
+    /// The length a file with this header must have.
+    pub fn file_len(&self) -> u64 {
+        INDEX_HEADER_LEN as u64 + u64::from(self.entry_count) * INDEX_ENTRY_LEN as u64
+    }
+
+    /// Where entry `i` starts in the file.
+    pub fn entry_pos(i: u32) -> u64 {
+        INDEX_HEADER_LEN as u64 + u64::from(i) * INDEX_ENTRY_LEN as u64
+    }
+}
+
+/// Decodes one entry ([`INDEX_ENTRY_LEN`] bytes); `None` when its CRC does not match.
+pub fn decode_entry(bytes: &[u8]) -> Option<IndexEntry> {
+    let bytes: &[u8; INDEX_ENTRY_LEN] = bytes.get(..INDEX_ENTRY_LEN)?.try_into().ok()?;
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
+    (crc == crc32c::crc32c(&bytes[..12])).then(|| IndexEntry {
+        offset: u64::from_le_bytes(bytes[0..8].try_into().unwrap()),
+        position: u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+    })
 }
 
 /// The entry to start a forward scan from when looking for `offset`: the last entry at

@@ -16,9 +16,11 @@ use tokio::sync::{oneshot, watch};
 use crate::config::LogConfig;
 use crate::error::{AppendError, Corruption, OpenError, ReadError, RetentionError};
 use crate::index::{self, IndexEntry};
+use crate::index_cache::IndexCache;
 use crate::record::{DecodeError, NewRecord, Record};
 use crate::recovery::{self, RecoveryReport, RepairReport};
-use crate::segment::{FrameCursor, index_path};
+use crate::sealed;
+use crate::segment::{FrameCursor, SEGMENT_HEADER_LEN, index_path};
 use crate::storage::{FileStorage, Storage, StorageFile};
 use crate::writer::{self, Pending, Queue};
 
@@ -29,6 +31,33 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub file: Arc<dyn StorageFile>,
     pub state: RwLock<SegmentState>,
+    /// The first damage a read or a scrub found in this segment: reported by
+    /// [`Log::corrupt_segments`] until the log is reopened (and repaired).
+    pub corrupt: OnceLock<Corruption>,
+}
+
+impl Segment {
+    pub fn new(
+        base_offset: u64,
+        path: PathBuf,
+        file: Arc<dyn StorageFile>,
+        state: SegmentState,
+    ) -> Self {
+        Self {
+            base_offset,
+            path,
+            file,
+            state: RwLock::new(state),
+            corrupt: OnceLock::new(),
+        }
+    }
+
+    /// Remembers the first corruption found in this segment.
+    pub fn mark_corrupt(&self, c: &Corruption) {
+        if self.corrupt.set(c.clone()).is_ok() {
+            tracing::error!(segment = ?self.path, offset = c.offset, position = c.position, detail = %c.detail, "corrupt segment");
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +66,10 @@ pub(crate) struct SegmentState {
     pub end_pos: u64,
     /// One past the last record's offset (`base_offset` when empty).
     pub next_offset: u64,
-    pub index: Vec<IndexEntry>,
+    /// The active segment's sparse index. `None` for a sealed segment, whose index is in
+    /// its file and read through [`Inner::index_cache`]: memory stays independent of
+    /// the retained bytes.
+    pub index: Option<Vec<IndexEntry>>,
     pub max_timestamp_ms: Option<i64>,
 }
 
@@ -77,6 +109,7 @@ pub(crate) struct Inner {
     /// Set once a write or sync failed; the log then refuses all appends.
     pub failure: OnceLock<Arc<std::io::Error>>,
     pub counters: Counters,
+    pub index_cache: IndexCache,
 }
 
 impl std::fmt::Debug for Inner {
@@ -118,6 +151,10 @@ impl Log {
         Ok(log)
     }
 
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     /// What opening this log found and did (truncated tail, removed or quarantined files).
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
@@ -155,6 +192,7 @@ impl Log {
             queue_cv: Condvar::new(),
             failure: OnceLock::new(),
             counters: Counters::default(),
+            index_cache: IndexCache::default(),
         });
         let handle = writer::spawn(inner.clone(), recovered.active_end_pos)
             .map_err(crate::error::io_at(dir))?;
@@ -273,7 +311,9 @@ impl Log {
 
     /// Reads durable records from `offset` on: at most `max_records`, and stopping once
     /// `max_bytes` of payload are collected (at least one record is always returned when
-    /// one is there). Every record's CRC is verified.
+    /// one is there). Every record's CRC is verified: a read stops before a damaged
+    /// record, and fails with [`ReadError::Corrupt`] when that is the first it would
+    /// return.
     pub fn read_from(
         &self,
         offset: u64,
@@ -297,26 +337,24 @@ impl Log {
             let first = segs.partition_point(|s| s.base_offset <= offset) - 1;
             segs[first..].to_vec()
         };
-        let max_frame = self.inner.config.max_record_bytes;
         let mut bytes = 0usize;
         for seg in segments {
-            // Under the lock only what the read needs: the segment's index grows with it
-            // (an entry per 4 KiB), and copying it cost a fetch more than its records.
-            let (start_pos, end_pos) = {
-                let state = seg.state.read().unwrap();
-                let start = index::lookup(&state.index, offset)
-                    .map_or(crate::segment::SEGMENT_HEADER_LEN as u64, |e| {
-                        u64::from(e.position)
-                    });
-                (start, state.end_pos)
-            };
-            let mut cursor = FrameCursor::new(seg.file.as_ref(), start_pos, end_pos, max_frame);
+            let mut cursor = self.cursor_for(&seg, offset)?;
+            // The offset a damaged frame should have held: the one after the last valid.
+            let mut expected = seg.base_offset;
             loop {
                 let frame = match cursor.peek() {
                     Ok(None) => break,
                     Ok(Some(Ok(frame))) => frame,
                     Ok(Some(Err(error))) => {
-                        return Err(read_corruption(&seg, cursor.pos, offset, error));
+                        let c = read_corruption(&seg, cursor.pos, expected, error);
+                        seg.mark_corrupt(&c);
+                        // The records before the damage verified: serve them, and let
+                        // the next read, which starts at the damage, fail.
+                        if !out.is_empty() {
+                            return Ok(out);
+                        }
+                        return Err(ReadError::Corrupt(Box::new(c)));
                     }
                     Err(source) => {
                         return Err(ReadError::Io {
@@ -329,6 +367,7 @@ impl Log {
                     return Ok(out);
                 }
                 cursor.advance(frame.frame_len);
+                expected = frame.record.offset + 1;
                 if frame.record.offset < offset {
                     continue;
                 }
@@ -340,6 +379,135 @@ impl Log {
             }
         }
         Ok(out)
+    }
+
+    /// A cursor over `seg`'s durable frames, placed at the index entry at or below
+    /// `offset` once that entry is seen to hold the record it names (CRC-valid, that
+    /// offset), else at the segment's first frame. An index that decodes but points at
+    /// the wrong record is never trusted to skip: a sealed segment's is then rebuilt by
+    /// a scan; the active segment's (the writer's own) is bypassed for this read.
+    fn cursor_for<'a>(&self, seg: &'a Segment, offset: u64) -> Result<FrameCursor<'a>, ReadError> {
+        let max_frame = self.inner.config.max_record_bytes;
+        let start = SEGMENT_HEADER_LEN as u64;
+        // Under the lock only what the read needs: the active segment's index grows with
+        // it (an entry per 4 KiB), and copying it cost a fetch more than its records.
+        let (entry, end_pos, next_offset) = {
+            let st = seg.state.read().unwrap();
+            let entry = st.index.as_ref().map(|ix| index::lookup(ix, offset));
+            (entry, st.end_pos, st.next_offset)
+        };
+        let entry = match entry {
+            Some(entry) => entry,
+            // A read that began in an earlier segment reads this one from its start.
+            None if offset <= seg.base_offset => None,
+            None => index::lookup(&self.sealed_index(seg, end_pos, next_offset)?, offset),
+        };
+        let Some(entry) = entry else {
+            return Ok(FrameCursor::new(
+                seg.file.as_ref(),
+                start,
+                end_pos,
+                max_frame,
+            ));
+        };
+        let mut cursor = FrameCursor::new(
+            seg.file.as_ref(),
+            u64::from(entry.position),
+            end_pos,
+            max_frame,
+        );
+        if entry_holds(&mut cursor, entry) {
+            return Ok(cursor);
+        }
+        tracing::warn!(segment = ?seg.path, entry.offset, entry.position, "index entry does not hold its record; reading from the segment start");
+        if seg.state.read().unwrap().index.is_none() {
+            self.inner.index_cache.remove(seg.base_offset);
+            let rebuilt = self.rebuild_sealed_index(seg, end_pos, next_offset)?;
+            if let Some(entry) = index::lookup(&rebuilt, offset) {
+                let mut cursor = FrameCursor::new(
+                    seg.file.as_ref(),
+                    u64::from(entry.position),
+                    end_pos,
+                    max_frame,
+                );
+                if entry_holds(&mut cursor, entry) {
+                    return Ok(cursor);
+                }
+            }
+        }
+        Ok(FrameCursor::new(
+            seg.file.as_ref(),
+            start,
+            end_pos,
+            max_frame,
+        ))
+    }
+
+    /// A sealed segment's sparse index: cached, else from its file (checked by
+    /// `sealed::load_entries`), else rebuilt by scanning the segment.
+    fn sealed_index(
+        &self,
+        seg: &Segment,
+        end_pos: u64,
+        next_offset: u64,
+    ) -> Result<Arc<[IndexEntry]>, ReadError> {
+        if let Some(entries) = self.inner.index_cache.get(seg.base_offset) {
+            return Ok(entries);
+        }
+        let storage = self.inner.storage.as_ref();
+        match sealed::load_entries(
+            storage,
+            &self.inner.dir,
+            seg.base_offset,
+            end_pos,
+            next_offset,
+        ) {
+            Some(entries) => {
+                let entries: Arc<[IndexEntry]> = entries.into();
+                self.inner
+                    .index_cache
+                    .insert(seg.base_offset, entries.clone());
+                Ok(entries)
+            }
+            None => self.rebuild_sealed_index(seg, end_pos, next_offset),
+        }
+    }
+
+    /// Scans a sealed segment (every record CRC-checked) for its index, caches it, and
+    /// rewrites the index file when the scan was clean. A scan stopped by damage still
+    /// yields the entries before it, all of valid records; the damage itself is
+    /// reported by the read that reaches it.
+    fn rebuild_sealed_index(
+        &self,
+        seg: &Segment,
+        end_pos: u64,
+        next_offset: u64,
+    ) -> Result<Arc<[IndexEntry]>, ReadError> {
+        let config = &self.inner.config;
+        let s = crate::segment::scan(
+            seg.file.as_ref(),
+            seg.base_offset,
+            end_pos,
+            config.max_record_bytes,
+            config.index_interval_bytes,
+        )
+        .map_err(|source| ReadError::Io {
+            path: seg.path.clone(),
+            source,
+        })?;
+        if s.stop.is_none() && s.end_pos == end_pos && s.next_offset == next_offset {
+            recovery::refresh_index_file(
+                self.inner.storage.as_ref(),
+                &self.inner.dir,
+                seg.base_offset,
+                &s,
+            );
+        }
+        let entries: Arc<[IndexEntry]> = s.index.into();
+        self.inner
+            .index_cache
+            .insert(seg.base_offset, entries.clone());
+        Ok(entries)
     }
 
     /// Deletes whole sealed segments, oldest first, while all of these hold: every
@@ -379,6 +547,7 @@ impl Log {
                 }
                 segs.remove(0);
             }
+            self.inner.index_cache.remove(victim.base_offset);
             let storage = &self.inner.storage;
             let io = |path: &Path| {
                 let path = path.to_path_buf();
@@ -420,13 +589,18 @@ impl Drop for Log {
     }
 }
 
-fn read_corruption(seg: &Segment, pos: u64, wanted: u64, error: DecodeError) -> ReadError {
-    ReadError::Corrupt(Box::new(Corruption {
+fn read_corruption(seg: &Segment, pos: u64, offset: u64, error: DecodeError) -> Corruption {
+    Corruption {
         segment: seg.path.clone(),
         position: pos,
-        offset: wanted,
+        offset,
         detail: format!("record failed verification on read: {error}"),
-    }))
+    }
+}
+
+/// Whether the frame under `cursor` is valid and has the offset `entry` names.
+fn entry_holds(cursor: &mut FrameCursor<'_>, entry: IndexEntry) -> bool {
+    matches!(cursor.peek(), Ok(Some(Ok(f))) if f.record.offset == entry.offset)
 }
 
 /// What retention may delete (besides the floor, which the caller passes per call).
@@ -466,5 +640,60 @@ impl Future for AppendTicket {
         Pin::new(&mut self.rx)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(AppendError::Closed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VerifyOnOpen;
+    use crate::index_cache::INDEX_CACHE_SLOTS;
+
+    /// Memory independent of the retained bytes: only the active segment's index is in
+    /// memory, after open (either verification) and after appends roll segments, and
+    /// reading every sealed segment leaves at most the cache's few slots.
+    #[test]
+    fn sealed_segments_keep_no_index_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |verify_on_open| LogConfig {
+            segment_bytes: 8 * 1024,
+            max_record_bytes: 2 * 1024,
+            index_interval_bytes: 256,
+            preallocate: false,
+            verify_on_open,
+            ..LogConfig::default()
+        };
+        let in_memory = |log: &Log| -> Vec<bool> {
+            let segs = log.inner.segments.read().unwrap();
+            segs.iter()
+                .map(|s| s.state.read().unwrap().index.is_some())
+                .collect()
+        };
+        let only_active = |v: Vec<bool>| {
+            assert!(v.len() > INDEX_CACHE_SLOTS + 1, "{} segments", v.len());
+            assert_eq!(v.iter().filter(|&&b| b).count(), 1, "{v:?}");
+            assert!(v.last().unwrap());
+        };
+        let log = Log::open_dir(dir.path(), config(VerifyOnOpen::All)).unwrap();
+        for i in 0..600u32 {
+            log.append(NewRecord::new(vec![i as u8; 60])).unwrap();
+        }
+        only_active(in_memory(&log));
+        drop(log);
+        for verify in [VerifyOnOpen::All, VerifyOnOpen::ActiveSegment] {
+            let log = Log::open_dir(dir.path(), config(verify)).unwrap();
+            only_active(in_memory(&log));
+            assert!(log.inner.index_cache.get(0).is_none());
+            for o in (0..600).step_by(7) {
+                assert_eq!(log.read(o).unwrap().unwrap().offset, o);
+            }
+            let cached = log
+                .sealed_segments()
+                .iter()
+                .filter(|&&b| log.inner.index_cache.get(b).is_some())
+                .count();
+            assert_eq!(cached, INDEX_CACHE_SLOTS);
+            only_active(in_memory(&log));
+        }
     }
 }

@@ -16,18 +16,20 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::ops::RangeInclusive;
+use std::ops::{ControlFlow, RangeInclusive};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::config::{Durability, LogConfig, VerifyOnOpen};
 use crate::error::{Corruption, OpenError, io_at};
 use crate::index::IndexFile;
 use crate::log::{Segment, SegmentState};
 use crate::record::{self, NewRecord};
+use crate::sealed;
 use crate::segment::{
-    SEGMENT_HEADER_LEN, decode_header, encode_header, index_path, parse_index_file_name,
-    parse_segment_file_name, resync, scan, segment_file_name, segment_path,
+    SEGMENT_HEADER_LEN, ScanOutcome, ScanStop, decode_header, encode_header, index_path,
+    parse_index_file_name, parse_segment_file_name, resync, scan_paced, segment_file_name,
+    segment_path,
 };
 use crate::storage::{Storage, StorageFile, read_full_at};
 use crate::writer::{create_segment, write_index_file};
@@ -123,115 +125,73 @@ pub(crate) fn recover(
 
 fn try_recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<Recovered, Fault> {
     let names = storage.list_files(dir).map_err(io_at(dir))?;
-    let mut bases: Vec<u64> = names
-        .iter()
-        .filter_map(|n| parse_segment_file_name(n))
-        .collect();
-    bases.sort_unstable();
+    let mut bases = segment_bases(&names);
     remove_leftovers(storage, dir, &names, &bases)?;
     let mut report = RecoveryReport::default();
-    let mut segments: Vec<Arc<Segment>> = Vec::new();
     let max_frame = config.max_record_bytes;
+    // Decided before anything else: the segment before it is then the active one and
+    // must get the tail recovery of a last segment, not the checks of a sealed one.
+    if let Some(&base) = bases.last() {
+        let path = segment_path(dir, base);
+        if is_incomplete(storage, &path, base, max_frame).map_err(io_at(&path))? {
+            // Crash between creating the file and syncing its header: nothing was ever
+            // written to it, so nothing was ever acknowledged from it.
+            storage.remove_file(&path).map_err(io_at(&path))?;
+            storage.sync_dir(dir).map_err(io_at(dir))?;
+            bases.pop();
+            report.removed_incomplete_segment = Some(path);
+        }
+    }
+    let mut segments: Vec<Arc<Segment>> = Vec::new();
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
         let next_base = bases.get(i + 1).copied();
         let path = segment_path(dir, base);
         let file = storage.open(&path).map_err(io_at(&path))?;
         let len = file.len().map_err(io_at(&path))?;
-        let mut header = [0u8; SEGMENT_HEADER_LEN];
-        let got = read_full_at(file.as_ref(), &mut header, 0).map_err(io_at(&path))?;
-        let header_problem = match decode_header(&header[..got]) {
-            Ok(b) if b == base => None,
-            Ok(b) => Some(format!("header says base offset {b}")),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(problem) = header_problem {
-            let any_record = !resync(file.as_ref(), 0, len, base, max_frame)
-                .map_err(io_at(&path))?
-                .is_empty();
-            if is_last && !any_record {
-                // Crash between creating the file and syncing its header: nothing was
-                // ever written to it, so nothing was ever acknowledged from it.
-                storage.remove_file(&path).map_err(io_at(&path))?;
-                storage.sync_dir(dir).map_err(io_at(dir))?;
-                // The previous segment is the active one now and must get the tail
-                // recovery of a last segment (it may have been trusted via its index).
-                let mut r = try_recover(storage, dir, config)?;
-                r.report.removed_incomplete_segment = Some(path);
-                return Ok(r);
-            }
-            let c = corruption(&path, 0, base, format!("damaged segment header: {problem}"));
-            return Err(Fault::Corrupt(c, next_base));
+        if let Some(fault) =
+            header_fault(file.as_ref(), base, len, max_frame).map_err(io_at(&path))?
+        {
+            return Err(Fault::Corrupt(fault.corruption(&path, base), next_base));
         }
 
         let state = if is_last {
-            recover_tail(
-                storage,
-                file.as_ref(),
-                &path,
-                base,
-                len,
-                config,
-                &mut report,
-            )?
+            recover_tail(file.as_ref(), &path, base, len, config, &mut report)?
         } else {
             let trusted = match config.verify_on_open {
                 VerifyOnOpen::ActiveSegment => {
-                    load_index(storage, dir, base, file.as_ref(), len, max_frame)
+                    sealed::trust_at_open(storage, dir, base, file.as_ref(), len, max_frame)
                 }
                 VerifyOnOpen::All => None,
             };
             match trusted {
                 Some(st) => st,
                 None => {
-                    let s = scan(
+                    let s = check_sealed(
+                        storage,
                         file.as_ref(),
+                        &path,
                         base,
                         len,
-                        max_frame,
-                        config.index_interval_bytes,
+                        config,
+                        &mut |_| ControlFlow::Continue(()),
                     )
-                    .map_err(io_at(&path))?;
-                    if let Some(stop) = s.stop {
-                        let detail = format!("invalid record in a sealed segment: {}", stop.error);
-                        return Err(Fault::Corrupt(
-                            corruption(&path, stop.pos, s.next_offset, detail),
-                            next_base,
-                        ));
-                    }
-                    let st = SegmentState {
+                    .map_err(io_at(&path))?
+                    .map_err(|c| Fault::Corrupt(c, next_base))?;
+                    refresh_index_file(storage, dir, base, &s);
+                    SegmentState {
                         end_pos: s.end_pos,
                         next_offset: s.next_offset,
-                        index: s.index,
+                        index: None,
                         max_timestamp_ms: s.max_timestamp_ms,
-                    };
-                    if load_index(storage, dir, base, file.as_ref(), len, max_frame).as_ref()
-                        != Some(&st)
-                    {
-                        write_index_file(storage, dir, base, &st);
                     }
-                    st
                 }
             }
         };
-        if let Some(nb) = next_base
-            && state.next_offset > nb
-        {
-            let detail = format!(
-                "records run to offset {} but the next segment starts at {nb}",
-                state.next_offset - 1
-            );
-            return Err(Fault::Corrupt(
-                corruption(&path, state.end_pos, nb, detail),
-                next_base,
-            ));
+        if let Some(c) = overlaps_next(&path, &state, next_base) {
+            return Err(Fault::Corrupt(c, next_base));
         }
-        segments.push(Arc::new(Segment {
-            base_offset: base,
-            path,
-            file,
-            state: RwLock::new(state),
-        }));
+        segments.push(Arc::new(Segment::new(base, path, file, state)));
     }
 
     if segments.is_empty() {
@@ -250,9 +210,194 @@ fn try_recover(storage: &dyn Storage, dir: &Path, config: &LogConfig) -> Result<
     })
 }
 
+/// The base offsets of the segment files among `names`, in order.
+pub(crate) fn segment_bases(names: &[String]) -> Vec<u64> {
+    let mut bases: Vec<u64> = names
+        .iter()
+        .filter_map(|n| parse_segment_file_name(n))
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// A segment header that does not check out.
+pub(crate) struct HeaderFault {
+    pub problem: String,
+    /// Whether any valid record follows it (else, in a last segment, the segment's
+    /// creation never completed).
+    pub any_record: bool,
+}
+
+impl HeaderFault {
+    pub fn corruption(&self, path: &Path, base: u64) -> Corruption {
+        let detail = format!("damaged segment header: {}", self.problem);
+        corruption(path, 0, base, detail)
+    }
+}
+
+/// Checks the header of the segment file that should start at `base`.
+pub(crate) fn header_fault(
+    file: &dyn StorageFile,
+    base: u64,
+    len: u64,
+    max_frame: usize,
+) -> io::Result<Option<HeaderFault>> {
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    let got = read_full_at(file, &mut header, 0)?;
+    let problem = match decode_header(&header[..got]) {
+        Ok(b) if b == base => return Ok(None),
+        Ok(b) => format!("header says base offset {b}"),
+        Err(e) => e.to_string(),
+    };
+    let any_record = !resync(file, 0, len, base, max_frame)?.is_empty();
+    Ok(Some(HeaderFault {
+        problem,
+        any_record,
+    }))
+}
+
+/// Whether the segment file at `path` is one whose creation never completed: no valid
+/// header and no valid record (only ever the last one, after a crash).
+pub(crate) fn is_incomplete(
+    storage: &dyn Storage,
+    path: &Path,
+    base: u64,
+    max_frame: usize,
+) -> io::Result<bool> {
+    let file = storage.open(path)?;
+    let len = file.len()?;
+    Ok(header_fault(file.as_ref(), base, len, max_frame)?.is_some_and(|f| !f.any_record))
+}
+
+/// Scans a sealed segment, CRC-checking every record (`pace` sees each frame's length
+/// and may stop the scan: then the outcome is `aborted` and judges nothing):
+/// sealed segments were synced whole before their successor existed, so any invalid
+/// frame is corruption. So is a segment shorter than its intact index says: the index
+/// was written after the sealed length was synced, so the bytes missing held
+/// acknowledged records (a cut at a frame boundary would otherwise scan clean and lose
+/// them silently).
+pub(crate) fn check_sealed(
+    storage: &dyn Storage,
+    file: &dyn StorageFile,
+    path: &Path,
+    base: u64,
+    len: u64,
+    config: &LogConfig,
+    pace: &mut dyn FnMut(u64) -> ControlFlow<()>,
+) -> io::Result<Result<ScanOutcome, Corruption>> {
+    let s = scan_paced(
+        file,
+        base,
+        len,
+        config.max_record_bytes,
+        config.index_interval_bytes,
+        pace,
+    )?;
+    if s.aborted {
+        return Ok(Ok(s));
+    }
+    if let Some(stop) = &s.stop {
+        let detail = format!("invalid record in a sealed segment: {}", stop.error);
+        return Ok(Err(corruption(path, stop.pos, s.next_offset, detail)));
+    }
+    let dir = path.parent().unwrap_or(Path::new(""));
+    if let Some(h) = sealed::read_index_header(storage, dir, base)
+        && h.segment_len > len
+        && h.next_offset > s.next_offset
+    {
+        let detail = format!(
+            "the segment is {len} bytes, but its index says {} bytes with records up to \
+             offset {}: its end was cut off",
+            h.segment_len,
+            h.next_offset - 1
+        );
+        return Ok(Err(corruption(path, s.end_pos, s.next_offset, detail)));
+    }
+    Ok(Ok(s))
+}
+
+/// Rewrites a sealed segment's index file unless it already says what a clean scan of
+/// the segment found.
+pub(crate) fn refresh_index_file(storage: &dyn Storage, dir: &Path, base: u64, s: &ScanOutcome) {
+    let wanted = IndexFile {
+        base_offset: base,
+        next_offset: s.next_offset,
+        segment_len: s.end_pos,
+        max_timestamp_ms: s.max_timestamp_ms,
+        entries: s.index.clone(),
+    };
+    if sealed::read_index_file(storage, dir, base).as_ref() != Some(&wanted) {
+        write_index_file(storage, dir, &wanted);
+    }
+}
+
+/// Records of a segment that run into the next segment's offsets.
+pub(crate) fn overlaps_next(
+    path: &Path,
+    state: &SegmentState,
+    next_base: Option<u64>,
+) -> Option<Corruption> {
+    let nb = next_base.filter(|&nb| state.next_offset > nb)?;
+    let detail = format!(
+        "records run to offset {} but the next segment starts at {nb}",
+        state.next_offset - 1
+    );
+    Some(corruption(path, state.end_pos, nb, detail))
+}
+
+/// What the scan of a last segment found.
+pub(crate) enum Tail {
+    /// Every frame valid up to the end of data.
+    Clean(ScanOutcome),
+    /// An invalid frame at `ScanStop::pos` that no synced batch follows: the unsynced
+    /// tail of the last batch, never acknowledged; open cuts it off.
+    Torn(ScanOutcome, ScanStop),
+    /// Damage in acknowledged data.
+    Corrupt(Corruption),
+}
+
+/// Scans the last segment and tells a torn tail from corruption (module docs).
+pub(crate) fn diagnose_tail(
+    file: &dyn StorageFile,
+    path: &Path,
+    base: u64,
+    len: u64,
+    config: &LogConfig,
+    pace: &mut dyn FnMut(u64) -> ControlFlow<()>,
+) -> io::Result<Tail> {
+    let max_frame = config.max_record_bytes;
+    let s = scan_paced(
+        file,
+        base,
+        len,
+        max_frame,
+        config.index_interval_bytes,
+        pace,
+    )?;
+    let Some(stop) = s.stop.clone() else {
+        return Ok(Tail::Clean(s));
+    };
+    if config.durability == Durability::Fsync {
+        let later = resync(file, stop.pos + 1, len, s.next_offset, max_frame)?;
+        if let Some((pos, frame)) = later.iter().find(|(_, f)| f.batch_base() > s.next_offset) {
+            let detail = format!(
+                "{} (a later synced batch starting at offset {} follows at byte {pos})",
+                stop.error,
+                frame.batch_base()
+            );
+            return Ok(Tail::Corrupt(corruption(
+                path,
+                stop.pos,
+                s.next_offset,
+                detail,
+            )));
+        }
+    }
+    Ok(Tail::Torn(s, stop))
+}
+
 /// Scans the last segment and cuts off a torn tail, or reports corruption.
 fn recover_tail(
-    storage: &dyn Storage,
     file: &dyn StorageFile,
     path: &Path,
     base: u64,
@@ -260,95 +405,33 @@ fn recover_tail(
     config: &LogConfig,
     report: &mut RecoveryReport,
 ) -> Result<SegmentState, Fault> {
-    let _ = storage;
-    let max_frame = config.max_record_bytes;
-    let s = scan(file, base, len, max_frame, config.index_interval_bytes).map_err(io_at(path))?;
-    if let Some(stop) = &s.stop {
-        if config.durability == Durability::Fsync {
-            let later =
-                resync(file, stop.pos + 1, len, s.next_offset, max_frame).map_err(io_at(path))?;
-            if let Some((pos, frame)) = later.iter().find(|(_, f)| f.batch_base() > s.next_offset) {
-                let detail = format!(
-                    "{} (a later synced batch starting at offset {} follows at byte {pos})",
-                    stop.error,
-                    frame.batch_base()
-                );
-                return Err(Fault::Corrupt(
-                    corruption(path, stop.pos, s.next_offset, detail),
-                    None,
-                ));
-            }
+    let s = match diagnose_tail(file, path, base, len, config, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .map_err(io_at(path))?
+    {
+        Tail::Clean(s) => s,
+        Tail::Corrupt(c) => return Err(Fault::Corrupt(c, None)),
+        Tail::Torn(s, stop) => {
+            // Physically, so no stale frame can be chained into later. No preallocation
+            // here: the writer reserves space again (growth rule of
+            // `LogConfig::preallocate`) on its first write past the file's end.
+            file.set_len(stop.pos).map_err(io_at(path))?;
+            file.sync_all().map_err(io_at(path))?;
+            tracing::info!(?path, position = stop.pos, reason = %stop.error, "truncated torn tail");
+            report.truncated_tail = Some(TruncatedTail {
+                segment: path.to_path_buf(),
+                position: stop.pos,
+                reason: stop.error.to_string(),
+            });
+            s
         }
-        // Physically, so no stale frame can be chained into later. No preallocation here:
-        // the writer reserves space again (growth rule of `LogConfig::preallocate`) on
-        // its first write past the file's end.
-        file.set_len(stop.pos).map_err(io_at(path))?;
-        file.sync_all().map_err(io_at(path))?;
-        tracing::info!(?path, position = stop.pos, reason = %stop.error, "truncated torn tail");
-        report.truncated_tail = Some(TruncatedTail {
-            segment: path.to_path_buf(),
-            position: stop.pos,
-            reason: stop.error.to_string(),
-        });
-    }
+    };
     Ok(SegmentState {
         end_pos: s.end_pos,
         next_offset: s.next_offset,
-        index: s.index,
+        index: Some(s.index),
         max_timestamp_ms: s.max_timestamp_ms,
-    })
-}
-
-/// Loads a sealed segment's index if it is intact and agrees with the segment.
-fn load_index(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: u64,
-    file: &dyn StorageFile,
-    len: u64,
-    max_frame: usize,
-) -> Option<SegmentState> {
-    let path = index_path(dir, base);
-    let ix = storage.open(&path).ok()?;
-    let ix_len = ix.len().ok()?;
-    let mut bytes = vec![0u8; usize::try_from(ix_len).ok()?];
-    if read_full_at(ix.as_ref(), &mut bytes, 0).ok()? != bytes.len() {
-        return None;
-    }
-    let idx = IndexFile::decode(&bytes).ok()?;
-    if idx.base_offset != base
-        || idx.segment_len != len
-        || idx.next_offset < base
-        || idx.next_offset > record::MAX_OFFSET + 1
-    {
-        return None;
-    }
-    // A sealed segment always holds records; an index claiming none cannot be trusted.
-    if idx.entries.is_empty() && idx.next_offset != base {
-        return None;
-    }
-    if let Some(first) = idx.entries.first()
-        && (first.position as usize != SEGMENT_HEADER_LEN || first.offset < base)
-    {
-        return None;
-    }
-    // Spot-check the last entry against the segment itself.
-    if let Some(last) = idx.entries.last() {
-        if u64::from(last.position) >= len || last.offset >= idx.next_offset {
-            return None;
-        }
-        let mut cursor =
-            crate::segment::FrameCursor::new(file, u64::from(last.position), len, max_frame);
-        match cursor.peek() {
-            Ok(Some(Ok(f))) if f.record.offset == last.offset => {}
-            _ => return None,
-        }
-    }
-    Some(SegmentState {
-        end_pos: len,
-        next_offset: idx.next_offset,
-        index: idx.entries,
-        max_timestamp_ms: idx.max_timestamp_ms,
     })
 }
 
@@ -375,7 +458,7 @@ fn remove_leftovers(
     Ok(())
 }
 
-fn corruption(path: &Path, position: u64, offset: u64, detail: String) -> Corruption {
+pub(crate) fn corruption(path: &Path, position: u64, offset: u64, detail: String) -> Corruption {
     Corruption {
         segment: path.to_path_buf(),
         position,

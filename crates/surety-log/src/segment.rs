@@ -2,6 +2,7 @@
 //! validation, index rebuilds and repair share.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::index::IndexEntry;
@@ -109,6 +110,8 @@ pub struct ScanOutcome {
     pub index: Vec<IndexEntry>,
     /// How the valid data ended; `None` when it ran to end of file or to zeroed space.
     pub stop: Option<ScanStop>,
+    /// The caller's `pace` ended the scan before the data did ([`scan_paced`]).
+    pub aborted: bool,
 }
 
 /// The first invalid frame a scan met.
@@ -217,6 +220,27 @@ pub fn scan(
     max_frame_len: usize,
     index_interval: u64,
 ) -> io::Result<ScanOutcome> {
+    scan_paced(
+        file,
+        base_offset,
+        file_len,
+        max_frame_len,
+        index_interval,
+        &mut |_| ControlFlow::Continue(()),
+    )
+}
+
+/// [`scan`], calling `pace` with each valid frame's length as it goes past: the scrub
+/// throttles itself there, `surety verify` counts progress. `pace` breaking ends the
+/// scan early, marked [`ScanOutcome::aborted`].
+pub fn scan_paced(
+    file: &dyn StorageFile,
+    base_offset: u64,
+    file_len: u64,
+    max_frame_len: usize,
+    index_interval: u64,
+    pace: &mut dyn FnMut(u64) -> ControlFlow<()>,
+) -> io::Result<ScanOutcome> {
     let mut cursor = FrameCursor::new(file, SEGMENT_HEADER_LEN as u64, file_len, max_frame_len);
     let mut out = ScanOutcome {
         end_pos: SEGMENT_HEADER_LEN as u64,
@@ -225,6 +249,7 @@ pub fn scan(
         max_timestamp_ms: None,
         index: Vec::new(),
         stop: None,
+        aborted: false,
     };
     let mut last_indexed_pos: Option<u64> = None;
     loop {
@@ -268,6 +293,10 @@ pub fn scan(
         }));
         cursor.advance(frame.frame_len);
         out.end_pos = cursor.pos;
+        if pace(frame.frame_len as u64).is_break() {
+            out.aborted = true;
+            break;
+        }
     }
     Ok(out)
 }

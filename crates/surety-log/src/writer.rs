@@ -10,8 +10,8 @@
 use std::io;
 use std::mem;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -57,7 +57,10 @@ pub(crate) fn spawn(inner: Arc<Inner>, active_end_pos: u64) -> io::Result<JoinHa
         let st = segment.state.read().unwrap();
         (
             st.next_offset,
-            st.index.last().map(|e| u64::from(e.position)),
+            st.index
+                .as_ref()
+                .and_then(|ix| ix.last())
+                .map(|e| u64::from(e.position)),
         )
     };
     let reserved = segment.file.len()?;
@@ -245,7 +248,10 @@ fn flush(inner: &Inner, tail: &mut Tail, buf: &mut Vec<u8>, chunk: &mut Chunk) -
         let mut st = tail.segment.state.write().unwrap();
         st.end_pos = tail.pos;
         st.next_offset = tail.next_offset;
-        st.index.append(&mut chunk.index);
+        // The tail segment is the active one, whose index is in memory.
+        if let Some(ix) = st.index.as_mut() {
+            ix.append(&mut chunk.index);
+        }
         if let Some(t) = chunk.max_timestamp_ms {
             st.max_timestamp_ms = Some(st.max_timestamp_ms.map_or(t, |m| m.max(t)));
         }
@@ -294,32 +300,40 @@ fn roll(inner: &Inner, tail: &mut Tail) -> io::Result<()> {
     Ok(())
 }
 
-/// Trims preallocated space off a full segment and writes its index file. The index is
-/// not synced: it is checked on open and rebuilt if a crash damaged it.
+/// Trims preallocated space off a full segment, writes its index file, and moves its
+/// index out of the segment's state into the index cache (sealed segments' indexes are
+/// read from their files, see `index_cache`). The index file is written before the
+/// state lets go of the index, so a reader always finds one of the two. It is not
+/// synced: it is checked before use and rebuilt if a crash damaged it.
 fn seal(inner: &Inner, segment: &Segment, end_pos: u64) -> io::Result<()> {
     segment.file.set_len(end_pos)?;
     segment.file.sync_all()?;
     let st = segment.state.read().unwrap().clone();
-    write_index_file(inner.storage.as_ref(), &inner.dir, segment.base_offset, &st);
-    Ok(())
-}
-
-/// Best effort: a missing index only costs a scan at the next open.
-pub(crate) fn write_index_file(
-    storage: &dyn crate::storage::Storage,
-    dir: &std::path::Path,
-    base_offset: u64,
-    st: &SegmentState,
-) {
-    let path = index_path(dir, base_offset);
-    let bytes = IndexFile {
-        base_offset,
+    let entries = st.index.unwrap_or_default();
+    let file = IndexFile {
+        base_offset: segment.base_offset,
         next_offset: st.next_offset,
         segment_len: st.end_pos,
         max_timestamp_ms: st.max_timestamp_ms,
-        entries: st.index.clone(),
-    }
-    .encode();
+        entries,
+    };
+    write_index_file(inner.storage.as_ref(), &inner.dir, &file);
+    inner
+        .index_cache
+        .insert(segment.base_offset, file.entries.into());
+    segment.state.write().unwrap().index = None;
+    Ok(())
+}
+
+/// Best effort: a missing index only costs a scan when the segment is next opened or
+/// read.
+pub(crate) fn write_index_file(
+    storage: &dyn crate::storage::Storage,
+    dir: &std::path::Path,
+    file: &IndexFile,
+) {
+    let path = index_path(dir, file.base_offset);
+    let bytes = file.encode();
     let result = (|| {
         match storage.remove_file(&path) {
             Ok(()) => {}
@@ -351,15 +365,15 @@ pub(crate) fn create_segment(
     }
     file.sync_all()?;
     storage.sync_dir(dir)?;
-    Ok(Arc::new(Segment {
+    Ok(Arc::new(Segment::new(
         base_offset,
         path,
         file,
-        state: RwLock::new(SegmentState {
+        SegmentState {
             end_pos: SEGMENT_HEADER_LEN as u64,
             next_offset: base_offset,
-            index: Vec::new(),
+            index: Some(Vec::new()),
             max_timestamp_ms: None,
-        }),
-    }))
+        },
+    )))
 }

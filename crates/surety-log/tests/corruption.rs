@@ -1,16 +1,24 @@
 //! Guards G5/G6 against damaged files: a torn tail is cut at exactly the last valid
 //! record, a bit flip inside acknowledged data is never served or silently dropped (open
 //! fails naming segment and offset; repair quarantines and reports the exact lost
-//! offsets), and a missing or damaged index is rebuilt from the log.
+//! offsets; with sealed segments trusted at open, reads, the scrub and the offline check
+//! report it), a missing or damaged index is rebuilt from the log, and an index is never
+//! trusted beyond what was checked against the segment.
 
 use std::fs::{self, OpenOptions};
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use surety_log::index::IndexFile;
 use surety_log::record::{self, MIN_FRAME_LEN};
 use surety_log::segment::{SEGMENT_HEADER_LEN, segment_file_name};
 use surety_log::storage::FileStorage;
-use surety_log::{Log, LogConfig, NewRecord, OpenError, QUARANTINE_DIR, ReadError, VerifyOnOpen};
+use surety_log::{
+    Corruption, Finding, Log, LogConfig, NewRecord, OpenError, QUARANTINE_DIR, ReadError,
+    VerifyOnOpen, verify_dir,
+};
 
 fn config() -> LogConfig {
     LogConfig {
@@ -178,7 +186,10 @@ fn a_bit_flip_in_a_sealed_segment_is_caught_at_open_or_on_read() {
         matches!(&err, ReadError::Corrupt(c) if c.segment == *sealed),
         "{err:?}"
     );
-    let err = log.read_from(victim - 2, 10, usize::MAX).unwrap_err();
+    // A read reaching the damage stops before it.
+    let got = log.read_from(victim - 2, 10, usize::MAX).unwrap();
+    assert_eq!(got.len(), 2);
+    let err = log.read_from(victim, 10, usize::MAX).unwrap_err();
     assert!(matches!(err, ReadError::Corrupt(_)));
     drop(log);
 
@@ -343,4 +354,279 @@ fn an_incomplete_last_segment_after_a_trusted_sealed_one_still_gets_tail_recover
         assert_eq!(log.read(i).unwrap().unwrap().payload, payload(i));
     }
     assert_eq!(log.append(NewRecord::new("next")).unwrap(), end);
+}
+
+fn trusting() -> LogConfig {
+    LogConfig {
+        verify_on_open: VerifyOnOpen::ActiveSegment,
+        ..config()
+    }
+}
+
+fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        fs::copy(&p, to.path().join(p.file_name().unwrap())).unwrap();
+    }
+    to
+}
+
+fn index_of(segment: &Path) -> PathBuf {
+    segment.with_extension("index")
+}
+
+fn corrupt_open(dir: &Path, cfg: &LogConfig) -> Corruption {
+    match Log::open_dir(dir, cfg.clone()) {
+        Err(OpenError::Corrupt(c)) => *c,
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_index_that_verifies_but_points_at_the_wrong_record_is_never_trusted_to_skip() {
+    let cfg = trusting();
+    let src = tempfile::tempdir().unwrap();
+    build(src.path(), &cfg, 300);
+    let sealed = segments(src.path())[1].clone();
+    let original = fs::read(index_of(&sealed)).unwrap();
+    let idx = IndexFile::decode(&original).unwrap();
+    assert!(idx.entries.len() >= 4, "{} entries", idx.entries.len());
+    let positions: Vec<(u64, u32)> = frames(&sealed)
+        .iter()
+        .map(|&(o, p, _)| (o, p as u32))
+        .collect();
+    // A middle entry, so that what open checks (first and last entries, last interval)
+    // still agrees and only a read can notice.
+    let k = 1;
+    let e = idx.entries[k];
+    let after = positions.iter().find(|&&(_, p)| p > e.position).unwrap().1;
+    assert!(e.offset - 1 > idx.entries[k - 1].offset);
+    assert!(after < idx.entries[k + 1].position);
+    let lies = [
+        // Names the offset before the record it points at.
+        (e.offset - 1, e.position),
+        // Names its offset but points at the record after it.
+        (e.offset, after),
+    ];
+    for (offset, position) in lies {
+        let dir = copy_dir(src.path());
+        let ix = index_of(&dir.path().join(sealed.file_name().unwrap()));
+        let mut bad = idx.clone();
+        bad.entries[k] = surety_log::index::IndexEntry { offset, position };
+        // Encoded with valid CRCs: only the check against the segment can catch it.
+        fs::write(&ix, bad.encode()).unwrap();
+        let log = Log::open_dir(dir.path(), cfg.clone()).unwrap();
+        assert_eq!(
+            fs::read(&ix).unwrap(),
+            bad.encode(),
+            "open trusted the index, so the reads below are what is tested"
+        );
+        for o in e.offset - 1..=e.offset + 1 {
+            assert_eq!(
+                log.read(o).unwrap().map(|r| r.payload),
+                Some(payload(o)),
+                "offset {o}, entry lying ({offset}, {position})"
+            );
+        }
+        let got: Vec<u64> = log
+            .read_from(e.offset - 1, 3, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(got, vec![e.offset - 1, e.offset, e.offset + 1]);
+        assert_intact(&log, 0..300);
+        drop(log);
+        assert_eq!(
+            fs::read(&ix).unwrap(),
+            original,
+            "the lying index was rebuilt from the segment"
+        );
+    }
+}
+
+#[test]
+fn a_sealed_segment_whose_last_records_or_length_disagree_with_its_index_is_rescanned() {
+    let cfg = trusting();
+    let src = tempfile::tempdir().unwrap();
+    build(src.path(), &cfg, 300);
+    let name = segments(src.path())[1].file_name().unwrap().to_owned();
+    let sealed_frames = frames(&segments(src.path())[1]);
+    let &(last, last_pos, last_len) = sealed_frames.last().unwrap();
+    let seg_len = (last_pos + last_len) as u64;
+
+    // Damage the open-time check must find, each in a fresh copy: (what, change, the
+    // offset corruption is reported at).
+    type Change = Box<dyn Fn(&Path)>;
+    let damaged: Vec<(&str, Change, u64)> = vec![
+        (
+            "a flipped bit in the last record",
+            Box::new(move |seg| flip_bit(seg, last_pos + last_len - 2, 5)),
+            last,
+        ),
+        (
+            "cut at the start of the last record",
+            Box::new(move |seg| truncate(seg, last_pos as u64)),
+            last,
+        ),
+        (
+            "cut inside the last record",
+            Box::new(move |seg| truncate(seg, (last_pos + 20) as u64)),
+            last,
+        ),
+        (
+            "garbage appended",
+            Box::new(move |seg| {
+                let f = OpenOptions::new().write(true).open(seg).unwrap();
+                f.write_all_at(&[0xA5; 64], seg_len).unwrap();
+            }),
+            last + 1,
+        ),
+    ];
+    for (what, change, offset) in damaged {
+        let dir = copy_dir(src.path());
+        let seg = dir.path().join(&name);
+        change(&seg);
+        let c = corrupt_open(dir.path(), &cfg);
+        assert_eq!(
+            (c.segment.as_path(), c.offset),
+            (seg.as_path(), offset),
+            "{what}: {c:?}"
+        );
+    }
+
+    // Disagreements that are the index's own fault or harmless: rescanned, the index
+    // rewritten from the segment, everything served.
+    let dir = copy_dir(src.path());
+    let seg = dir.path().join(&name);
+    let ix = index_of(&seg);
+    let original = fs::read(&ix).unwrap();
+    let mut lying = IndexFile::decode(&original).unwrap();
+    lying.next_offset += 1;
+    fs::write(&ix, lying.encode()).unwrap();
+    let log = Log::open_dir(dir.path(), cfg.clone()).unwrap();
+    assert_intact(&log, 0..300);
+    drop(log);
+    assert_eq!(
+        fs::read(&ix).unwrap(),
+        original,
+        "next offset: rescanned and rewritten"
+    );
+
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&[0; 100], seg_len).unwrap();
+    let log = Log::open_dir(dir.path(), cfg).unwrap();
+    assert_intact(&log, 0..300);
+    assert_eq!(log.append(NewRecord::new(payload(300))).unwrap(), 300);
+}
+
+#[test]
+fn a_flipped_byte_in_a_sealed_segment_is_reported_by_scrub_verify_and_reads_never_as_data() {
+    let cfg = trusting();
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), &cfg, 300);
+    let segs = segments(dir.path());
+    let sealed = &segs[1];
+    let sealed_frames = frames(sealed);
+    let base = sealed_frames[0].0;
+    // In the first index interval: open checks only the last one, so the damage is left
+    // for reads, the scrub and the offline check to find.
+    let (victim, pos, len) = sealed_frames[2];
+    let idx = IndexFile::decode(&fs::read(index_of(sealed)).unwrap()).unwrap();
+    assert!(victim < idx.entries[1].offset);
+    flip_byte(sealed, pos + len - 4);
+
+    // The offline check, changing nothing.
+    let before: Vec<Vec<u8>> = segs.iter().map(|s| fs::read(s).unwrap()).collect();
+    let check = verify_dir(&FileStorage, dir.path(), &cfg, &mut |_| {}).unwrap();
+    let found: Vec<&Corruption> = check.corruptions().collect();
+    assert_eq!(found.len(), 1, "{check:?}");
+    assert_eq!((&found[0].segment, found[0].offset), (sealed, victim));
+    assert_eq!((found[0].position), pos as u64);
+    assert!(check.segments.iter().all(|s| s.finding.is_none()
+        || matches!(&s.finding, Some(Finding::Corrupt(c)) if c.segment == *sealed)));
+    let after: Vec<Vec<u8>> = segs.iter().map(|s| fs::read(s).unwrap()).collect();
+    assert!(before == after, "verify_dir wrote to the log");
+
+    // Open trusts the segment; a read reaching the damage fails, naming it.
+    let log = Log::open_dir(dir.path(), cfg.clone()).unwrap();
+    assert!(log.corrupt_segments().is_empty());
+    for n in [1, 10] {
+        match log.read_from(victim, n, usize::MAX) {
+            Err(ReadError::Corrupt(c)) => {
+                assert_eq!(
+                    (&c.segment, c.offset, c.position),
+                    (sealed, victim, pos as u64)
+                )
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+    // A read that reaches the damage stops before it: all it returns verified.
+    for from in [victim - 2, base] {
+        let got = log.read_from(from, usize::MAX, usize::MAX).unwrap();
+        let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (from..victim).collect::<Vec<_>>());
+        assert!(got.iter().all(|r| r.payload == payload(r.offset)));
+    }
+    assert_eq!(log.corrupt_segments().len(), 1);
+    assert_eq!(log.corrupt_segments()[0].offset, victim);
+    // The rest of the log keeps serving: the records before the damage, those past the
+    // next index entry of the segment, and every other segment.
+    let past = idx.entries[1].offset;
+    assert_intact(&log, (0..300).filter(|&o| o < victim || o >= past));
+    drop(log);
+
+    // The scrub finds it with no read, and passes every other sealed segment.
+    let log = Log::open_dir(dir.path(), cfg).unwrap();
+    // A check its caller stops judges nothing.
+    assert!(
+        log.verify_sealed(base, &mut |_| ControlFlow::Break(()))
+            .unwrap()
+            .is_none()
+    );
+    assert!(log.corrupt_segments().is_empty());
+    let sealed_bases = log.sealed_segments();
+    assert!(sealed_bases.len() >= 2 && sealed_bases.contains(&base));
+    for b in sealed_bases {
+        let mut paced = 0;
+        let checked = log
+            .verify_sealed(b, &mut |n| {
+                paced += n;
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(checked.base_offset, b);
+        if b == base {
+            let c = checked.corruption.expect("scrub finds the flipped byte");
+            assert_eq!((c.offset, c.position), (victim, pos as u64));
+        } else {
+            assert_eq!(checked.corruption, None, "segment {b}");
+            assert_eq!(paced + SEGMENT_HEADER_LEN as u64, checked.bytes);
+        }
+    }
+    assert_eq!(log.corrupt_segments().len(), 1);
+    assert!(
+        log.verify_sealed(299, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .is_none(),
+        "the active segment is not sealed"
+    );
+}
+
+fn truncate(path: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+fn flip_byte(path: &Path, byte: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[byte] ^= 0xFF;
+    fs::write(path, bytes).unwrap();
 }

@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use surety_broker::scrub::{
+    DEFAULT_SCRUB_BYTES_PER_SEC, MAX_SCRUB_BYTES_PER_SEC, MIN_SCRUB_BYTES_PER_SEC,
+};
 use surety_broker::topic::MAX_MESSAGE_BYTES_LIMIT;
 
 use crate::state::DEFAULT_MAX_MESSAGE_BYTES;
@@ -24,6 +27,7 @@ pub struct Settings {
     pub auth_token_file: Option<PathBuf>,
     pub max_message_bytes: Option<usize>,
     pub max_request_bytes: Option<usize>,
+    pub scrub_bytes_per_sec: Option<u64>,
 }
 
 impl Settings {
@@ -35,6 +39,7 @@ impl Settings {
             auth_token_file: self.auth_token_file.or(lower.auth_token_file),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
+            scrub_bytes_per_sec: self.scrub_bytes_per_sec.or(lower.scrub_bytes_per_sec),
         }
     }
 
@@ -68,6 +73,8 @@ pub struct Config {
     pub auth_token_file: Option<PathBuf>,
     pub max_message_bytes: usize,
     pub max_request_bytes: usize,
+    /// How fast the background scrub reads sealed segments to CRC-check them; 0: off.
+    pub scrub_bytes_per_sec: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +94,11 @@ pub enum ConfigError {
          so one message fits even base64-encoded"
     )]
     MaxRequestBytes { request: usize, message: usize },
+    #[error(
+        "scrub_bytes_per_sec must be 0 (off) or between {MIN_SCRUB_BYTES_PER_SEC} and \
+         {MAX_SCRUB_BYTES_PER_SEC}, got {0}"
+    )]
+    ScrubBytesPerSec(u64),
 }
 
 impl Config {
@@ -107,9 +119,14 @@ impl Config {
             auth_token_file: s.auth_token_file,
             max_message_bytes: s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             max_request_bytes: s.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            scrub_bytes_per_sec: s.scrub_bytes_per_sec.unwrap_or(DEFAULT_SCRUB_BYTES_PER_SEC),
         };
         if !(1..=MAX_MESSAGE_BYTES_LIMIT as usize).contains(&c.max_message_bytes) {
             return Err(ConfigError::MaxMessageBytes(c.max_message_bytes));
+        }
+        let scrub = c.scrub_bytes_per_sec;
+        if scrub != 0 && !(MIN_SCRUB_BYTES_PER_SEC..=MAX_SCRUB_BYTES_PER_SEC).contains(&scrub) {
+            return Err(ConfigError::ScrubBytesPerSec(scrub));
         }
         if c.max_request_bytes < 2 * c.max_message_bytes {
             return Err(ConfigError::MaxRequestBytes {
@@ -133,6 +150,7 @@ mod tests {
         assert_eq!(c.auth_token_file, None);
         assert_eq!(c.max_message_bytes, 1024 * 1024);
         assert_eq!(c.max_request_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.scrub_bytes_per_sec, 32 * 1024 * 1024);
     }
 
     #[test]
@@ -178,5 +196,16 @@ mod tests {
             Config::from_settings(tight),
             Err(ConfigError::MaxRequestBytes { .. })
         ));
+        let scrub = |n| {
+            Config::from_settings(Settings {
+                scrub_bytes_per_sec: Some(n),
+                ..Settings::default()
+            })
+        };
+        assert_eq!(scrub(0).unwrap().scrub_bytes_per_sec, 0, "0 turns it off");
+        assert!(scrub(MIN_SCRUB_BYTES_PER_SEC).is_ok() && scrub(MAX_SCRUB_BYTES_PER_SEC).is_ok());
+        for bad in [1, MIN_SCRUB_BYTES_PER_SEC - 1, MAX_SCRUB_BYTES_PER_SEC + 1] {
+            assert!(matches!(scrub(bad), Err(ConfigError::ScrubBytesPerSec(n)) if n == bad));
+        }
     }
 }

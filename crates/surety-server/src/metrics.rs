@@ -1,7 +1,7 @@
 //! `/metrics`: Prometheus text. Request counters are recorded as requests happen (REST
-//! and gRPC call the `record_*` functions); the group figures are read from the broker at
-//! each scrape, so they are never stale: levels as gauges, the group's monotonic totals
-//! as counters (`counter!(..).absolute(v)`). Every metric has a `# HELP` line
+//! and gRPC call the `record_*` functions); the group and scrub figures are read from the
+//! broker at each scrape, so they are never stale: levels as gauges, the broker's
+//! monotonic totals as counters (`counter!(..).absolute(v)`). Every metric has a `# HELP` line
 //! ([`describe`]); names and kinds: docs/metrics.md.
 
 use std::collections::HashMap;
@@ -162,6 +162,18 @@ fn describe() {
         "surety_consume_receipts_per_settle",
         "Receipts in one Ack or Nack of a Consume stream"
     );
+    describe_counter!(
+        "surety_scrub_bytes_total",
+        "Bytes of sealed segments the background scrub CRC-checked"
+    );
+    describe_counter!(
+        "surety_scrub_passes_total",
+        "Scrub passes completed: every sealed segment of every log checked once"
+    );
+    describe_gauge!(
+        "surety_scrub_corrupt_segments",
+        "Segments of the log found damaged (by the scrub or a read) since the server started"
+    );
 }
 
 /// Counts a publish: stored messages and their payload bytes, and duplicates.
@@ -272,6 +284,13 @@ async fn refresh_gauges(broker: &Broker) {
         if let Ok(d) = broker.dedupe_stats(&topic) {
             metrics::gauge!("surety_dedupe_hits", "topic" => topic.clone()).set(d.hits as f64);
         }
+    }
+    let scrub = broker.scrub_stats().await;
+    metrics::counter!("surety_scrub_passes_total").absolute(scrub.passes);
+    for l in scrub.logs {
+        let labels = [("topic", l.topic), ("log", l.log.to_string())];
+        metrics::counter!("surety_scrub_bytes_total", &labels).absolute(l.bytes_scrubbed);
+        metrics::gauge!("surety_scrub_corrupt_segments", &labels).set(l.corrupt_segments as f64);
     }
 }
 

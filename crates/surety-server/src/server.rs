@@ -1,7 +1,8 @@
 //! The server's life: open the broker, bind, serve REST, gRPC, `/metrics` and `/healthz`
-//! on one address, run upkeep every [`MAINTAIN_EVERY`] and the broker's lease sweeper
-//! (expired leases become redeliveries or dead letters even when nobody fetches), and on
-//! shutdown stop accepting, finish in-flight requests, stop upkeep and the sweeper, and
+//! on one address, run upkeep every [`MAINTAIN_EVERY`], the broker's lease sweeper
+//! (expired leases become redeliveries or dead letters even when nobody fetches) and its
+//! scrub (sealed segments CRC-checked in the background), and on shutdown stop
+//! accepting, finish in-flight requests, stop upkeep, the sweeper and the scrub, and
 //! close the broker.
 
 use std::future::Future;
@@ -64,15 +65,19 @@ impl Server {
             None => None,
         };
         let dir = config.data.clone();
-        // Recovery reads every log: keep it off the async workers.
-        let broker =
-            tokio::task::spawn_blocking(move || Broker::open(&dir, BrokerOptions::default()))
-                .await
-                .expect("broker open panicked")
-                .map_err(|source| ServerError::Broker {
-                    dir: config.data.display().to_string(),
-                    source,
-                })?;
+        let options = BrokerOptions {
+            scrub_bytes_per_sec: config.scrub_bytes_per_sec,
+            ..BrokerOptions::default()
+        };
+        // Recovery reads files (the logs' tails, the group journals): keep it off the
+        // async workers.
+        let broker = tokio::task::spawn_blocking(move || Broker::open(&dir, options))
+            .await
+            .expect("broker open panicked")
+            .map_err(|source| ServerError::Broker {
+                dir: config.data.display().to_string(),
+                source,
+            })?;
         let listener =
             TcpListener::bind(&config.listen)
                 .await
@@ -133,6 +138,14 @@ impl Server {
         let upkeep = tokio::spawn(maintain(self.state.broker.clone(), stopped));
         // Leases re-scheduled by the broker at open expire from here on.
         let sweeper = self.state.broker.spawn_sweeper();
+        // Checks the sealed segments that open trusted, in the background.
+        let scrubber = match self.state.broker.spawn_scrubber() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the scrub; sealed segments are checked only when read");
+                None
+            }
+        };
         tracing::info!(addr = %self.addr, data = %self.config.data.display(), "serving");
         let streams = self.state.shutdown.clone();
         // Answers are small and latency-bound: without TCP_NODELAY, Nagle plus delayed
@@ -157,6 +170,10 @@ impl Server {
         // held, and expiring one is no answer anyone waits for.
         sweeper.abort();
         let _ = sweeper.await;
+        if let Some(s) = scrubber {
+            // Stops mid-segment; off the async workers, as it joins a thread.
+            let _ = tokio::task::spawn_blocking(move || s.stop()).await;
+        }
         self.state.broker.close();
         tracing::info!("broker closed");
         served.map_err(ServerError::Serve)

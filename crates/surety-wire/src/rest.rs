@@ -137,6 +137,24 @@ pub struct Topic {
     /// Per partition: the oldest offset still stored.
     pub start_offsets: Vec<u64>,
     pub groups: Vec<Group>,
+    /// Segments of the topic's logs found damaged (by a read or the scrub) since the
+    /// server started: their damaged records are never served (`data_corrupt`), the rest
+    /// is. Empty when all is well.
+    #[serde(default)]
+    pub corrupt_segments: Vec<CorruptSegment>,
+}
+
+/// A damaged segment of one of a topic's logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptSegment {
+    /// Which log: `p<N>` (a partition), `journal`, or `dlq/<group>`.
+    pub log: String,
+    /// The segment file's name in that log's directory.
+    pub segment: String,
+    /// Byte position of the first damage found, and the offset it should have held.
+    pub position: u64,
+    pub offset: u64,
+    pub detail: String,
 }
 
 /// One consumer group: its lag, and the conservation counters summed over partitions

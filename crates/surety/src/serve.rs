@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// Largest request body accepted [default: 16777216]
     #[arg(long, value_name = "BYTES", env = "SURETY_MAX_REQUEST_BYTES")]
     max_request_bytes: Option<usize>,
+    /// How fast the background scrub re-reads sealed segments to CRC-check them; 0 turns
+    /// it off [default: 33554432 (32 MiB/s)]
+    #[arg(long, value_name = "BYTES", env = "SURETY_SCRUB_BYTES_PER_SEC")]
+    scrub_bytes_per_sec: Option<u64>,
 }
 
 impl ServeArgs {
@@ -39,6 +43,7 @@ impl ServeArgs {
             auth_token_file: self.auth_token_file.clone(),
             max_message_bytes: self.max_message_bytes,
             max_request_bytes: self.max_request_bytes,
+            scrub_bytes_per_sec: self.scrub_bytes_per_sec,
         }
     }
 }

@@ -35,6 +35,7 @@ impl Env {
                 clock: Arc::new(move || clock.load(Ordering::SeqCst)),
                 segment_bytes: 1 << 16,
                 compact_after_records: 20,
+                ..BrokerOptions::default()
             },
         )
         .unwrap()

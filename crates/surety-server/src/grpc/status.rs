@@ -73,6 +73,8 @@ fn grpc_code(code: &str) -> Code {
         }
         // The topic stopped; a broker restart brings it back, so clients may retry.
         "topic_failed" | "shutting_down" => Code::Unavailable,
+        // Stored bytes failed their CRC: gRPC's own code for it; a retry reads the same.
+        "data_corrupt" => Code::DataLoss,
         _ => Code::Internal,
     }
 }
@@ -100,6 +102,13 @@ mod tests {
             Code::Unavailable
         );
         assert_eq!(code(BrokerError::Storage("disk".into())), Code::Internal);
+        let corrupt = BrokerError::Corrupt(Box::new(surety_log::Corruption {
+            segment: "00000000000000000000.log".into(),
+            position: 32,
+            offset: 0,
+            detail: "crc mismatch".into(),
+        }));
+        assert_eq!(code(corrupt), Code::DataLoss);
         assert_eq!(
             code(BrokerError::MessageTooLarge { size: 2, max: 1 }),
             Code::InvalidArgument

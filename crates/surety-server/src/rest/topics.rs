@@ -43,6 +43,22 @@ pub fn topic_json(t: TopicInfo) -> rest::Topic {
         end_offsets: t.end_offsets,
         start_offsets: t.start_offsets,
         groups: t.groups.into_iter().map(group_json).collect(),
+        corrupt_segments: t
+            .corrupt_segments
+            .into_iter()
+            .map(|s| rest::CorruptSegment {
+                log: s.log.to_string(),
+                segment: s
+                    .corruption
+                    .segment
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                position: s.corruption.position,
+                offset: s.corruption.offset,
+                detail: s.corruption.detail,
+            })
+            .collect(),
     }
 }
 

@@ -32,9 +32,15 @@ impl TestServer {
     }
 
     /// Stops the server gracefully and starts a new one on the same data directory.
-    pub async fn restart(mut self) -> TestServer {
+    pub async fn restart(self) -> TestServer {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`Self::restart`], calling `between` with the data directory while no server runs.
+    pub async fn restart_with(mut self, between: impl FnOnce(&Path)) -> TestServer {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
+        between(&self.dir.path().join("data"));
         Self::start_in(self.dir, |_, _| {}).await
     }
 

@@ -324,7 +324,36 @@ async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliErro
     } else {
         out.push_str(&groups::table(&topic.groups).to_text());
     }
+    if !topic.corrupt_segments.is_empty() {
+        out.push_str(&corrupt_table(&topic.corrupt_segments));
+    }
     output::line(out.trim_end())
+}
+
+/// Damaged segments, with what to do about them.
+fn corrupt_table(segments: &[rest::CorruptSegment]) -> String {
+    let mut t = Table::new(&[
+        ("log", Align::Left),
+        ("segment", Align::Left),
+        ("offset", Align::Right),
+        ("byte", Align::Right),
+        ("damage", Align::Left),
+    ]);
+    for s in segments {
+        t.row(vec![
+            s.log.clone(),
+            s.segment.clone(),
+            s.offset.to_string(),
+            s.position.to_string(),
+            s.detail.clone(),
+        ]);
+    }
+    format!(
+        "\nCORRUPT SEGMENTS: their damaged records are never served (data_corrupt); a \
+         group stops at the first one. Stop the server and run `surety verify --data DIR` \
+         for the full picture.\n{}",
+        t.to_text()
+    )
 }
 
 /// Messages still retained: the sum over partitions of end - start.
@@ -387,6 +416,7 @@ mod tests {
                     ..rest::Group::default()
                 },
             ],
+            corrupt_segments: vec![],
         };
         assert_eq!(
             would_drop(&topic),
