@@ -584,20 +584,7 @@ impl Broker {
             scrub: Arc::default(),
         });
         let broker = Broker { inner };
-        let mut names: Vec<String> = std::fs::read_dir(dir.join("topics"))?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| validate_topic_name(n).is_ok())
-            .collect();
-        names.sort();
-        for name in names {
-            let tdir = dir.join("topics").join(&name);
-            let Ok(text) = std::fs::read_to_string(tdir.join("topic.json")) else {
-                // A topic whose creation never finished: its config was never durable.
-                continue;
-            };
-            let config: TopicConfig = serde_json::from_str(&text).map_err(|e| {
-                BrokerError::Storage(format!("{}: {e}", tdir.join("topic.json").display()))
-            })?;
+        for (name, tdir, config) in stored_topics(&dir)? {
             let topic = broker.open_topic(&name, tdir, config)?;
             broker.inner.topics.write().unwrap().insert(name, topic);
         }
@@ -615,8 +602,8 @@ impl Broker {
         (self.inner.options.clock)()
     }
 
-    fn log_config(&self, config: &TopicConfig) -> LogConfig {
-        config.log_config(self.inner.options.segment_bytes)
+    fn log_config(&self, config: &TopicConfig, log: &LogName) -> LogConfig {
+        config.log_config(log, self.inner.options.segment_bytes)
     }
 
     fn open_topic(
@@ -625,19 +612,18 @@ impl Broker {
         dir: PathBuf,
         config: TopicConfig,
     ) -> Result<Arc<Topic>, BrokerError> {
-        let log_config = self.log_config(&config);
         let mut partitions = Vec::new();
         for p in 0..config.partitions {
+            let log = LogName::Partition(p);
             partitions.push(Arc::new(Log::open_dir(
-                dir.join(format!("p{p}")),
-                log_config.clone(),
+                log.dir(&dir),
+                self.log_config(&config, &log),
             )?));
         }
-        let journal_config = LogConfig {
-            durability: surety_log::Durability::Fsync,
-            ..log_config.clone()
-        };
-        let journal = Arc::new(Log::open_dir(dir.join("journal"), journal_config)?);
+        let journal = Arc::new(Log::open_dir(
+            LogName::Journal.dir(&dir),
+            self.log_config(&config, &LogName::Journal),
+        )?);
         let topic = Topic {
             name: name.to_owned(),
             dir,
@@ -1020,20 +1006,16 @@ impl Broker {
 
     /// Opens (creating it if needed) a group's dead-letter log.
     fn open_dlq(&self, topic: &Topic, group: &str) -> Result<Arc<Log>, BrokerError> {
-        let cfg = self.log_config(&topic.config.read().unwrap());
-        let root = topic.dir.join("dlq");
+        let name = LogName::DeadLetters(group.to_owned());
+        let cfg = self.log_config(&topic.config.read().unwrap(), &name);
+        let dir = name.dir(&topic.dir);
+        let root = dir.parent().expect("a dead-letter log is in dlq/");
         if !root.is_dir() {
-            create_dirs(&root)?;
+            create_dirs(root)?;
             sync_dir(&topic.dir)?;
         }
-        let log = Log::open_dir(
-            root.join(group),
-            LogConfig {
-                durability: surety_log::Durability::Fsync,
-                ..cfg
-            },
-        )?;
-        sync_dir(&root)?;
+        let log = Log::open_dir(&dir, cfg)?;
+        sync_dir(root)?;
         Ok(Arc::new(log))
     }
 
@@ -1093,12 +1075,12 @@ impl Broker {
                     .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
                 TopicConfig::check_update(&old, &new)
                     .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
-                let log_config = self.log_config(&new);
                 let mut added = Vec::new();
                 for p in old.partitions..new.partitions {
+                    let log = LogName::Partition(p);
                     added.push(Arc::new(Log::open_dir(
-                        topic.dir.join(format!("p{p}")),
-                        log_config.clone(),
+                        log.dir(&topic.dir),
+                        self.log_config(&new, &log),
                     )?));
                 }
                 write_durably(
@@ -2959,9 +2941,34 @@ fn write_durably_via(
     Ok(())
 }
 
+/// The topics stored in a data directory, by name: each one's directory and config. A
+/// topic whose creation never finished (no `topic.json`: its config was never durable)
+/// is not one.
+pub(crate) fn stored_topics(
+    dir: &Path,
+) -> Result<Vec<(String, PathBuf, TopicConfig)>, BrokerError> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("topics"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| validate_topic_name(n).is_ok())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let tdir = dir.join("topics").join(&name);
+        let Ok(text) = std::fs::read_to_string(tdir.join("topic.json")) else {
+            continue;
+        };
+        let config: TopicConfig = serde_json::from_str(&text).map_err(|e| {
+            BrokerError::Storage(format!("{}: {e}", tdir.join("topic.json").display()))
+        })?;
+        out.push((name, tdir, config));
+    }
+    Ok(out)
+}
+
 /// Takes the data directory's exclusive lock (`LOCK`, an flock: the kernel drops it when
 /// the holder exits, `kill -9` included), or says who has it.
-fn lock_dir(dir: &Path) -> Result<std::fs::File, BrokerError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File, BrokerError> {
     let path = dir.join("LOCK");
     let file = {
         use std::os::unix::fs::OpenOptionsExt;

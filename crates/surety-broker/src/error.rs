@@ -63,6 +63,9 @@ pub enum BrokerError {
     /// `corrupt_segments` say where.
     #[error("data corrupt: {0}")]
     Corrupt(Box<surety_log::Corruption>),
+    /// `surety verify` was pointed at a directory that holds no broker's data.
+    #[error("{} is not a Surety data directory (it has no topics/ directory)", .0.display())]
+    NotADataDirectory(std::path::PathBuf),
     /// Another broker (in this process or another) has the data directory open.
     #[error("data directory {} is in use by another broker (its LOCK file is locked)", .0.display())]
     DirectoryInUse(std::path::PathBuf),
@@ -93,6 +96,7 @@ impl BrokerError {
             BrokerError::ShuttingDown(_) => "shutting_down",
             BrokerError::Corrupt(_) => "data_corrupt",
             BrokerError::DirectoryInUse(_) => "directory_in_use",
+            BrokerError::NotADataDirectory(_) => "not_a_data_directory",
         }
     }
 }

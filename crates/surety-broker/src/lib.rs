@@ -8,7 +8,8 @@
 //! - [`session`]: one consumer session (the credit window, a fetcher under it,
 //!   concurrent per-receipt settlements, drain), shared by the gRPC front and the
 //!   in-process transport.
-//! - [`scrub`]: the background check of sealed segments that opening trusts.
+//! - [`scrub`]: the background check of sealed segments that opening trusts;
+//!   [`verify`]: the full offline check of a data directory.
 //! - [`dedupe`], [`topic`], [`receipt`], [`message`], [`codec`]: the pieces around them.
 
 pub mod backoff;
@@ -25,6 +26,7 @@ pub mod receipt;
 pub mod scrub;
 pub mod session;
 pub mod topic;
+pub mod verify;
 
 pub use backoff::Backoff;
 pub use broker::{

@@ -378,15 +378,20 @@ impl TopicConfig {
         }
     }
 
-    /// The settings of this topic's logs (partitions, group journal, dead letters);
-    /// `default_segment_bytes` applies when the topic sets none.
+    /// The settings of one of this topic's logs; `default_segment_bytes` applies when
+    /// the topic sets none. The topic's `durability` is its partitions'; the group
+    /// journal and the dead letters are always fsynced (group state must survive).
     ///
     /// Opening verifies only each log's active segment: sealed segments are trusted
     /// through their index files, checked against the segments (`surety_log` docs), so a
     /// broker restarts in the same time whatever it retains. Their records are still
     /// CRC-checked on every read, and the background scrub (`crate::scrub`) checks them
     /// all; `surety verify` does the full check offline.
-    pub fn log_config(&self, default_segment_bytes: u64) -> surety_log::LogConfig {
+    pub fn log_config(
+        &self,
+        log: &crate::LogName,
+        default_segment_bytes: u64,
+    ) -> surety_log::LogConfig {
         // Room for the broker's own headers on top of the largest message.
         let max_record_bytes = self.max_message_bytes as usize + 64 * 1024;
         surety_log::LogConfig {
@@ -395,9 +400,11 @@ impl TopicConfig {
                 .unwrap_or(default_segment_bytes)
                 .max(2 * max_record_bytes as u64),
             max_record_bytes,
-            durability: match self.durability {
-                DurabilityConfig::Fsync => surety_log::Durability::Fsync,
-                DurabilityConfig::None => surety_log::Durability::None,
+            durability: match (log, self.durability) {
+                (crate::LogName::Partition(_), DurabilityConfig::None) => {
+                    surety_log::Durability::None
+                }
+                _ => surety_log::Durability::Fsync,
             },
             verify_on_open: surety_log::VerifyOnOpen::ActiveSegment,
             ..surety_log::LogConfig::default()

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use surety_broker::topic::TopicConfigPatch;
-use surety_broker::{Broker, BrokerOptions, PublishMessage, StoredMessage, TopicConfig};
+use surety_broker::{Broker, BrokerOptions, LogName, PublishMessage, StoredMessage, TopicConfig};
 use surety_log::{Log, LogConfig, VerifyOnOpen};
 
 const CHILD_DIR_ENV: &str = "SURETY_BROKER_KILL_DIR";
@@ -62,7 +62,7 @@ fn topic_patch() -> TopicConfigPatch {
 fn partition_log_config(config: &TopicConfig) -> LogConfig {
     LogConfig {
         verify_on_open: VerifyOnOpen::All,
-        ..config.log_config(options().segment_bytes)
+        ..config.log_config(&LogName::Partition(0), options().segment_bytes)
     }
 }
 

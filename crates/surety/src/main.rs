@@ -2,6 +2,7 @@
 
 mod cli;
 mod serve;
+mod verify;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -23,6 +24,9 @@ Then, from another terminal:
   surety publish orders 'order 42 created'
   surety consume orders --group billing      # prints, then acks what it printed
 
+Check every record of a stopped server's data (exit status 1 if anything is damaged):
+  surety verify --data ./surety-data
+
 Client commands talk to --backend (env SURETY_BACKEND, default http://127.0.0.1:7333):
 a Surety server, or NATS JetStream (nats://HOST:4222) with the same reliability layer.
 --backend (alias --server), --token and --json may come before or after the command:
@@ -36,7 +40,8 @@ Run `surety help <command>` for the options of a command.";
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Not global: `serve` and `bench` have flags of their own and do not take these.
+    /// Not global: `serve`, `verify` and `bench` have flags of their own and do not take
+    /// these.
     #[command(flatten)]
     client: cli::GlobalArgs,
 }
@@ -58,6 +63,9 @@ enum Command {
                       Example:\n  surety serve --data ./surety-data --listen 127.0.0.1:7333"
     )]
     Serve(serve::ServeArgs),
+    /// Check every record of a stopped server's data directory; non-zero exit if damaged
+    #[command(long_about = verify::LONG_ABOUT)]
+    Verify(verify::VerifyArgs),
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -76,7 +84,8 @@ fn main() -> anyhow::Result<()> {
                     clap::error::ErrorKind::ArgumentConflict,
                     format!(
                         "--{flag} goes with the client commands (publish, consume, topics, \
-                         ...), not with serve or bench"
+                         ...), not with serve, verify or bench; give verify its --json after \
+                         the command"
                     ),
                 )
                 .exit();
@@ -85,6 +94,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => surety_bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Client(command) => cli::run(command, &cli.client),
     }
 }

@@ -623,7 +623,7 @@ fn client_flags_before_or_after_the_command() {
     let r = run(&["--json", "serve", "--listen", "127.0.0.1:0"], b"");
     assert_eq!(r.code(), 2);
     assert!(
-        r.stderr().contains("not with serve or bench"),
+        r.stderr().contains("not with serve, verify or bench"),
         "{}",
         r.stderr()
     );
