@@ -5,8 +5,10 @@
 //! and last delivery, the time, the group and the original's entry id as `surety.*`
 //! fields, counts it, and XACKs the original: a crash leaves both or neither.
 //!
-//! Administration: a page of a group's dead letters is read with XRANGE (ids are the
-//! dead-letter stream's entry ids, oldest first); a resend XADDs the message back to the
+//! Administration: a page of a group's dead letters is read with XRANGE, oldest first.
+//! A dead letter's id is its entry id `ms-seq` in one number, `ms × 1 000 000 + seq`
+//! (so that tools that number dead letters, like the CLI, take it; both forms are
+//! accepted back); a resend XADDs the message back to the
 //! topic marked `surety.for-group: <group>` (every other group's session acks it unrun)
 //! and deletes the dead letter, in one script; a purge deletes, counted.
 
@@ -23,6 +25,37 @@ use crate::transport::Inner;
 const SCAN: usize = 200;
 /// Ids per resend or purge script call.
 const CHUNK: usize = 100;
+
+/// Entries of one millisecond told apart in a dead letter's numeric id.
+const PER_MS: u64 = 1_000_000;
+
+/// `1700000000000-3` as `1700000000000000003`.
+pub fn public_id(entry_id: &str) -> String {
+    match entry::parse_id(entry_id) {
+        Some(Position::EntryId { ms, seq }) if seq < PER_MS => ms
+            .checked_mul(PER_MS)
+            .and_then(|n| n.checked_add(seq))
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| entry_id.to_owned()),
+        _ => entry_id.to_owned(),
+    }
+}
+
+/// A dead letter's id (either form) as its entry id.
+pub fn entry_id(id: &str) -> Option<String> {
+    if entry::parse_id(id).is_some() {
+        return Some(id.to_owned());
+    }
+    let n: u64 = id.parse().ok()?;
+    Some(format!("{}-{}", n / PER_MS, n % PER_MS))
+}
+
+fn bad_id(id: &str) -> TransportError {
+    TransportError::refused(
+        surety_core::ErrorKind::InvalidInput,
+        format!("{id:?} is not a Redis dead letter id (a number, or an entry id ms-seq)"),
+    )
+}
 
 async fn topic_keys(inner: &Inner, topic: &str, group: &str) -> Result<TopicKeys, TransportError> {
     let keys = inner.keys(topic)?;
@@ -41,7 +74,7 @@ async fn scan(
 ) -> Result<Vec<entry::Entry>, TransportError> {
     let mut out = Vec::new();
     let mut from = match after {
-        Some(a) => format!("({a}"),
+        Some(a) => format!("({}", entry_id(a).ok_or_else(|| bad_id(a))?),
         None => "-".to_owned(),
     };
     loop {
@@ -86,7 +119,7 @@ pub(crate) async fn page(
     let more = found.len() > limit;
     found.truncate(limit);
     let next = if more {
-        found.last().map(|e| e.id.clone())
+        found.last().map(|e| public_id(&e.id))
     } else {
         None
     };
@@ -129,7 +162,7 @@ fn to_dead_letter(e: entry::Entry, group: &str) -> DeadLetter {
         payload: e.payload,
         key: e.key,
         headers: e.headers,
-        id: e.id,
+        id: public_id(&e.id),
     }
 }
 
@@ -145,7 +178,10 @@ async fn selected(
             .into_iter()
             .map(|e| e.id)
             .collect(),
-        Selection::Ids(ids) => ids.clone(),
+        Selection::Ids(ids) => ids
+            .iter()
+            .map(|i| entry_id(i).ok_or_else(|| bad_id(i)))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -193,4 +229,17 @@ pub(crate) async fn purge(
         n += done.max(0) as u64;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_ids_are_numbers_and_come_back() {
+        assert_eq!(public_id("1796241024930-7"), "1796241024930000007");
+        assert_eq!(entry_id("1796241024930000007").unwrap(), "1796241024930-7");
+        assert_eq!(entry_id("5-1").unwrap(), "5-1");
+        assert!(entry_id("x").is_none());
+    }
 }
