@@ -576,3 +576,146 @@ async fn every_confirmed_publish_survives_a_sigkill_of_the_server() {
     assert_eq!(stored, seqs.len(), "a retried publish was stored twice");
     assert_eq!(seqs, confirmed, "a confirmed publish was lost in a SIGKILL");
 }
+
+/// A stream entry as XRANGE answers it.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+type TextEntry = (String, Vec<(String, String)>);
+
+/// Every delivered entry ends pending or dead-lettered (once), never acked without its
+/// copy nor copied twice, across SIGKILLs of the server while dead-letter moves run.
+#[tokio::test]
+async fn dead_letter_moves_are_all_or_nothing_across_server_sigkills() {
+    let Some(mut server) = Durable::start().await else {
+        return;
+    };
+    let t = RedisTransport::connect(&server.url(), options())
+        .await
+        .unwrap();
+    let name = topic(&t, Duration::from_secs(30), 1).await;
+    for from in (1..=2000u64).step_by(500) {
+        let batch = Batch::new(
+            (from..from + 500)
+                .map(|s| stamped("p", s, &format!("m{s}")))
+                .collect(),
+        );
+        let answers = t.publish(&name, &batch).await.unwrap();
+        assert!(answers.iter().all(|a| a.is_ok()));
+    }
+    let mover = {
+        let (t, name) = (t.clone(), name.clone());
+        tokio::spawn(async move {
+            let mut id = 0;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(4) {
+                let Ok(mut s) = t
+                    .subscribe(&Subscription {
+                        topic: name.clone(),
+                        group: "g".into(),
+                        credits: 32,
+                        lease: Some(Duration::from_secs(30)),
+                    })
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(500), s.next()).await {
+                        Ok(Ok(SessionEvent::Deliveries(d))) => {
+                            id += 1;
+                            s.settle(
+                                id,
+                                Settle::DeadLetter {
+                                    receipts: d.into_iter().map(|d| d.receipt).collect(),
+                                    reason: "poison".into(),
+                                },
+                            );
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => break,
+                    }
+                }
+            }
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        server.kill_and_restart().await;
+    }
+    mover.await.unwrap();
+    server.kill_and_restart().await;
+    let mut c = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = t.keys(&name).unwrap();
+    let stream: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(&keys.stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&keys.stream)
+        .arg("g")
+        .arg("-")
+        .arg("+")
+        .arg(10_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let dlq: Vec<TextEntry> = redis::cmd("XRANGE")
+        .arg(&keys.dlq)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let groups: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&keys.stream)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let g = &groups[0];
+    let at = g
+        .iter()
+        .position(|v| matches!(v, redis::Value::BulkString(b) if b == b"last-delivered-id"))
+        .unwrap();
+    let last: String = redis::from_redis_value(&g[at + 1]).unwrap();
+    let key = |id: &str| {
+        let (a, b) = id.split_once('-').unwrap();
+        (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap())
+    };
+    let mut dead = std::collections::HashMap::<String, usize>::new();
+    for (_, f) in &dlq {
+        let origin = f.iter().find(|(k, _)| k == "surety.origin").unwrap();
+        *dead
+            .entry(origin.1.trim_start_matches('e').to_owned())
+            .or_default() += 1;
+    }
+    let pending: std::collections::HashSet<String> = pending.into_iter().map(|p| p.0).collect();
+    let (mut moved, mut left) = (0, 0);
+    for (id, _) in &stream {
+        let delivered = key(id) <= key(&last);
+        let copies = dead.get(id).copied().unwrap_or(0);
+        let is_pending = pending.contains(id);
+        assert!(copies <= 1, "{id} dead-lettered {copies} times");
+        if delivered {
+            assert!(
+                (copies == 1) != is_pending,
+                "{id}: dead-lettered {copies}, pending {is_pending}: a move was split"
+            );
+        } else {
+            assert!(copies == 0 && !is_pending, "{id} undelivered yet moved");
+        }
+        moved += copies;
+        left += usize::from(!delivered || is_pending);
+    }
+    assert_eq!(moved + left, 2000);
+    assert!(moved > 0, "no dead-letter move ran");
+    println!("{moved} moved, {left} left across 4 SIGKILLs");
+}
