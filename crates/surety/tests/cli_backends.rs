@@ -3,8 +3,9 @@
 //! `consume` (acked after printing), `consume --exec` (stderr's last line becomes the
 //! dead letter's reason at `max_deliveries`), and `dlq list|show|resend|purge`.
 //!
-//! Each backend is one test: a Surety server started here, and NATS JetStream at
-//! `SURETY_TEST_NATS_URL` (default the machine's own, `nats://127.0.0.1:4222`). A
+//! Each backend is one test: a Surety server started here, NATS JetStream at
+//! `SURETY_TEST_NATS_URL` (default the machine's own, `nats://127.0.0.1:4222`), and Redis
+//! at `SURETY_TEST_REDIS_URL` (default the machine's own, `redis://127.0.0.1:6379`). A
 //! backend that is not running skips the test with a printed reason, except under
 //! `CI=true`, where it fails.
 
@@ -210,4 +211,55 @@ fn nats_keeps_the_cli_contract() {
         .unwrap()
         .as_nanos();
     contract(&url, &format!("contract{nanos}"));
+}
+
+/// The Redis server's URL, or `None` (after saying why) when none answers outside CI.
+fn redis_url() -> Option<String> {
+    let url = std::env::var("SURETY_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let addr = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&addr.as_str())
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "no Redis at {url} (CI=true: .ci/run starts one)"
+    );
+    eprintln!("skipped: no Redis at {url} (set SURETY_TEST_REDIS_URL)");
+    None
+}
+
+#[test]
+fn redis_keeps_the_cli_contract() {
+    let Some(url) = redis_url() else { return };
+    // Topics outlive a run: a fresh topic name each time.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    contract(&url, &format!("contract{nanos}"));
+    // The machine's Redis keeps nothing on disk: --require-fsync refuses it, saying how
+    // to fix it.
+    let refused = run(&url, &["topics", "list", "--require-fsync"], b"");
+    if refused.code() != 0 {
+        assert!(
+            refused.stderr().contains("appendfsync always"),
+            "{}",
+            refused.stderr()
+        );
+    } else {
+        eprintln!("the Redis at {url} fsyncs every write: --require-fsync accepted it");
+    }
 }

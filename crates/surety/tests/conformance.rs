@@ -2,12 +2,14 @@
 //! `grpc` (a real `surety serve` child on a temp data dir; restarts are SIGKILL + restart
 //! on the same dir; consumers and outbox relays die as SIGKILLed processes),
 //! `in_process` (`surety_embedded::InProcess` over a `surety_broker::Broker` on a temp
-//! dir; restarts close and reopen the broker; consumers and relays die as aborted tasks),
-//! and `nats` / `nats_2_9` (a real `nats-server` child per trial, 2.10+ with
+//! dir; restarts close and reopen the broker; consumers and relays die as aborted tasks);
+//! `nats` / `nats_2_9` (a real `nats-server` child per trial, 2.10+ with
 //! `sync_interval: always` and the machine's 2.9; restarts are SIGKILL + restart on the
-//! same store; consumers and relays die as SIGKILLed processes). Without a nats-server
-//! binary the NATS trials are not registered and the reason is printed; under
-//! `CI=true` that fails instead.
+//! same store; consumers and relays die as SIGKILLed processes); and `redis`
+//! (surety-redis on a `redis-server` of its own with `appendfsync always`, started by
+//! scripts/redis-durable; restarts are SIGKILL + restart on the same AOF; consumers die
+//! as SIGKILLed processes). Without a nats-server or redis-server binary those trials
+//! are not registered and the reason is printed; under `CI=true` that fails instead.
 //!
 //! Each scenario is its own trial, `<transport>::<scenario>`:
 //! `cargo nextest run -p surety --test conformance` (or `... nats::`), and
@@ -22,16 +24,21 @@ mod grpc;
 mod in_process;
 #[path = "conformance/nats.rs"]
 mod nats;
+#[path = "conformance/redis.rs"]
+mod redis;
 
 use std::sync::Arc;
 
 use surety_conformance::{Backend, BoxFuture};
 use surety_core::Transport;
 
-/// A child consumer connects to its fixture's endpoint: a NATS URL or a Surety server's.
+/// A child consumer connects to its fixture's endpoint: a NATS or Redis URL, or a
+/// Surety server's.
 fn connect_endpoint(endpoint: String) -> BoxFuture<'static, Arc<dyn Transport>> {
     if endpoint.starts_with("nats://") {
         nats::connect_endpoint(endpoint)
+    } else if endpoint.starts_with("redis://") {
+        redis::connect_endpoint(endpoint)
     } else {
         grpc::connect_endpoint(endpoint)
     }
@@ -57,6 +64,13 @@ fn main() {
             // stderr: stdout is the trial list nextest reads.
             Err(why) => eprintln!("SKIPPED {name}::*: {why}"),
         }
+    }
+    if redis::available() {
+        backends.push(Backend::new("redis", redis::start));
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and no redis-server: the Redis conformance trials cannot run");
+    } else {
+        eprintln!("SKIPPED redis::*: no redis-server on this machine");
     }
     surety_conformance::run(backends);
 }

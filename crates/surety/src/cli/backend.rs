@@ -20,13 +20,13 @@ pub enum Backend {
     Surety(Url),
     /// NATS JetStream (`nats://`, `tls://`).
     Nats(Url),
+    /// Redis Streams (`redis://`, `rediss://`).
+    Redis(Url),
 }
 
 /// Brokers named in the design whose backend is not built yet, and the issue that
 /// builds it: a clear refusal beats "unknown scheme".
 const PLANNED: &[(&str, &str)] = &[
-    ("redis", "Redis Streams (issue 13)"),
-    ("rediss", "Redis Streams (issue 13)"),
     ("amqp", "RabbitMQ (issue 14)"),
     ("amqps", "RabbitMQ (issue 14)"),
     ("kafka", "Kafka (issue 15)"),
@@ -51,33 +51,45 @@ impl Backend {
                         "--backend {text:?} is not a NATS address (example: nats://127.0.0.1:4222)"
                     ))
                 }),
+            "redis" | "rediss" => Url::parse(s)
+                .ok()
+                .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+                .map(Backend::Redis)
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--backend {text:?} is not a Redis address (example: redis://127.0.0.1:6379)"
+                    ))
+                }),
             other => Err(CliError::Usage(
                 match PLANNED.iter().find(|(s, _)| *s == other) {
                     Some((_, what)) => format!(
                         "--backend {text:?}: the {what} backend is not built yet; \
-                         use a Surety server (http://HOST:PORT) or NATS (nats://HOST:PORT)"
+                         use a Surety server (http://HOST:PORT), NATS (nats://HOST:PORT) \
+                         or Redis (redis://HOST:PORT)"
                     ),
                     None => format!(
                         "--backend {text:?}: unknown scheme {other:?} \
-                         (use http://HOST:PORT for a Surety server, nats://HOST:PORT for NATS)"
+                         (use http://HOST:PORT for a Surety server, nats://HOST:PORT for NATS, \
+                         redis://HOST:PORT for Redis)"
                     ),
                 },
             )),
         }
     }
 
-    /// The broker's name in messages: `Surety server`, `NATS`.
+    /// The broker's name in messages: `Surety server`, `NATS`, `Redis`.
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Surety(_) => "Surety server",
             Backend::Nats(_) => "NATS",
+            Backend::Redis(_) => "Redis",
         }
     }
 
     /// The address as given to the broker's client library.
     pub fn url(&self) -> &Url {
         match self {
-            Backend::Surety(u) | Backend::Nats(u) => u,
+            Backend::Surety(u) | Backend::Nats(u) | Backend::Redis(u) => u,
         }
     }
 
@@ -130,6 +142,22 @@ impl Backend {
                     );
                 }
                 Ok(Arc::new(nats))
+            }
+            Backend::Redis(url) => {
+                let mut options = surety_redis::RedisOptions::from_url_query(url)
+                    .map_err(|e| CliError::Usage(format!("--backend {url}: {}", e.message)))?;
+                options.require_fsync |= require_fsync;
+                let redis = surety_redis::RedisTransport::connect(url.as_str(), options)
+                    .await
+                    .map_err(|e| seam_error(self, e))?;
+                if !redis.durability().is_safe() {
+                    // Loud, once, at start-up: confirms on this server can be lost.
+                    eprintln!(
+                        "warning: {} (--require-fsync refuses such a server)",
+                        redis.durability()
+                    );
+                }
+                Ok(Arc::new(redis))
             }
         }
     }
@@ -199,7 +227,16 @@ mod tests {
             Err(CliError::Usage(m)) => m,
             other => panic!("{s}: {other:?}"),
         };
-        assert!(refused("redis://127.0.0.1:6379").contains("issue 13"));
+        assert!(matches!(
+            Backend::parse("redis://127.0.0.1:6379/0?require_fsync=true"),
+            Ok(Backend::Redis(u)) if u.port() == Some(6379)
+        ));
+        assert!(matches!(
+            Backend::parse("rediss://r.example:6380"),
+            Ok(Backend::Redis(_))
+        ));
+        assert!(refused("redis://").contains("not a Redis address"));
+        assert!(refused("amqp://r:5672").contains("issue 14"));
         assert!(refused("kafka://k:9092").contains("Kafka"));
         assert!(refused("ftp://x").contains("unknown scheme"));
         assert!(refused("nats://").contains("not a NATS address"));
