@@ -416,7 +416,7 @@ mod tests {
     fn topic() -> serde_json::Value {
         json!({"name": "t", "config": {"partitions": 2, "retention": {"max_age_ms": null}},
                "partitions": 2, "end_offsets": [3, 4], "start_offsets": [0, 1],
-               "groups": [group()]})
+               "groups": [group()], "corrupt_segments": []})
     }
 
     fn message() -> serde_json::Map<String, serde_json::Value> {
