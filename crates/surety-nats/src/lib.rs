@@ -6,14 +6,16 @@
 //!
 //! - a topic is a stream (file storage, the configured replicas and `duplicate_window`),
 //!   a group its durable pull consumer, and its dead letters a second stream
-//!   ([`names`]);
+//!   ([`names`]; the topic's `max_deliveries` and lease live on the stream, `settings.rs`);
 //! - a publish awaits each PubAck; `Nats-Msg-Id` = producer id + sequence, so a retry
-//!   inside the window is answered as a duplicate of the original ([`publish`]);
+//!   inside the window is answered as a duplicate of the original (`publish.rs`,
+//!   `headers.rs`);
 //! - consuming pulls for the credit window, acks after the handler, naks with a growing
-//!   delay, and dead-letters at `max_deliveries` by copy-then-`+TERM` ([`session`],
-//!   [`settle`], [`dead_letters`]);
+//!   delay, and dead-letters at `max_deliveries` by copy-then-`+TERM` (`session.rs`,
+//!   `settle.rs`, `dead_letters.rs`);
 //! - at connect it reads the server's `sync_interval` and says what a PubAck is worth,
-//!   refusing unsafe servers under `require_fsync` ([`durability`]).
+//!   refusing unsafe servers under `require_fsync` ([`durability`]);
+//! - [`server`] starts real `nats-server` children for tests and benchmarks.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), surety_core::TransportError> {
@@ -27,17 +29,17 @@
 //! ```
 
 mod api;
-pub mod dead_letters;
+mod dead_letters;
 pub mod durability;
 mod headers;
 pub mod names;
 mod options;
-pub mod publish;
+mod publish;
 mod receipt;
 pub mod server;
-pub mod session;
-pub mod settings;
-pub mod settle;
+mod session;
+mod settings;
+mod settle;
 mod topics;
 mod transport;
 

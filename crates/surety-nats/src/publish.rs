@@ -28,7 +28,7 @@ pub(crate) async fn publish(
     batch: &Batch,
 ) -> Result<PublishAnswers, TransportError> {
     let names = inner.names(topic)?;
-    let max_payload = inner.client.server_info().max_payload;
+    let max_payload = inner.client.max_payload();
     let sends = batch.iter().map(|m| {
         let prepared = prepare(m, max_payload);
         let subject = names.subject.clone();

