@@ -10,6 +10,7 @@ mod nats;
 mod outbox;
 mod peer;
 mod progress;
+mod redis_streams;
 mod report;
 mod restart;
 mod server;
@@ -66,6 +67,10 @@ enum Which {
     /// workload and disk: msgs/s, latency, server CPU and fsyncs per message, and ratios
     #[command(long_about = peer::LONG_ABOUT, after_help = peer::AFTER_HELP)]
     Peer(peer::PeerArgs),
+    /// What the Surety layer costs on Redis Streams (appendfsync always): plain
+    /// XADD/XREADGROUP/XACK and Surety over it, throughput and p99 ratios
+    #[command(long_about = redis_streams::LONG_ABOUT, after_help = redis_streams::AFTER_HELP)]
+    Redis(redis_streams::RedisArgs),
     /// Restart of `surety serve` over a large retained log: seconds to a healthy
     /// /healthz and memory after open, clean, after kill -9 and without a dedupe snapshot
     #[command(long_about = restart::LONG_ABOUT, after_help = restart::AFTER_HELP)]
@@ -84,6 +89,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Server(args) => server::run(args),
         Which::Outbox(args) => outbox::run(args),
         Which::Peer(args) => peer::run(args),
+        Which::Redis(args) => redis_streams::run(args),
         Which::Restart(args) => restart::run(args),
         Which::Nats(args) => nats::run(args),
     }

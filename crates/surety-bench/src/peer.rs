@@ -379,7 +379,7 @@ impl Kind {
 }
 
 /// `redis-server --version`'s version, or why it cannot be run.
-fn redis_version(bin: &Path) -> Result<String> {
+pub(super) fn redis_version(bin: &Path) -> Result<String> {
     let out = Command::new(bin)
         .arg("--version")
         .output()
@@ -420,7 +420,7 @@ fn redis_flags(port: &str) -> [&str; 10] {
 }
 
 /// The flags as a shell would need them.
-fn redis_flags_display(port: &str) -> String {
+pub(super) fn redis_flags_display(port: &str) -> String {
     redis_flags(port)
         .map(|f| if f.is_empty() { "\"\"" } else { f })
         .join(" ")
@@ -834,7 +834,7 @@ fn stream_entries(reply: &redis::Value) -> Result<Vec<(String, &[u8])>> {
 
 /// A redis-server child on a free loopback port, its data and AOF in one directory.
 #[derive(Debug)]
-struct RedisServer {
+pub(super) struct RedisServer {
     /// `None` once stopped.
     child: Option<Child>,
     port: u16,
@@ -842,7 +842,7 @@ struct RedisServer {
 }
 
 impl RedisServer {
-    fn spawn(bin: &Path, dir: &Path, log: &Path) -> Result<Self> {
+    pub(super) fn spawn(bin: &Path, dir: &Path, log: &Path) -> Result<Self> {
         let port = free_port()?;
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -866,9 +866,13 @@ impl RedisServer {
         self.child.as_ref().expect("not stopped yet").id()
     }
 
+    pub(super) fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Waits until the server answers PING; fails with its log if it exits or takes
     /// longer than REDIS_START_TIMEOUT.
-    async fn wait_ready(&mut self) -> Result<redis::Client> {
+    pub(super) async fn wait_ready(&mut self) -> Result<redis::Client> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
         let deadline = Instant::now() + REDIS_START_TIMEOUT;
         loop {
@@ -899,7 +903,7 @@ impl RedisServer {
     }
 
     /// SIGTERM (Redis fsyncs its AOF and exits), a kill if it does not stop in time.
-    fn stop(mut self) -> Result<()> {
+    pub(super) fn stop(mut self) -> Result<()> {
         let Some(child) = self.child.as_mut() else {
             return Ok(());
         };

@@ -187,3 +187,18 @@ return n
 "#,
     )
 });
+
+/// Forget a consumer that holds nothing: XGROUP DELCONSUMER drops the consumer's pending
+/// entries with it (as if acked), so only one with none is deleted. KEYS: stream. ARGV:
+/// group, consumer. 1: deleted; 0: it still holds entries (they are reclaimed after
+/// their lease, and the consumer is left).
+pub(crate) static FORGET_CONSUMER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#,
+    )
+});

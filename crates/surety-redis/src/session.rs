@@ -184,7 +184,29 @@ impl Pump {
             .saturating_sub(self.asked)
     }
 
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    /// Runs the session; at its end, forgets this consumer if it holds nothing (so the
+    /// group's consumer list does not grow with every session).
+    async fn run(mut self, commands: mpsc::UnboundedReceiver<Command>) {
+        self.serve(commands).await;
+        let args = [
+            self.settler.group.clone().into_bytes(),
+            self.consumer.clone().into_bytes(),
+        ];
+        if let Err(e) = self
+            .inner
+            .conn
+            .script::<i64>(
+                &scripts::FORGET_CONSUMER,
+                &[&self.settler.keys.stream],
+                &args,
+            )
+            .await
+        {
+            tracing::debug!(error = %e, consumer = %self.consumer, "forgetting an ended session's consumer failed");
+        }
+    }
+
+    async fn serve(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut settles: FuturesUnordered<BoxFuture<'static, Answered>> = FuturesUnordered::new();
         let mut internal: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         // One read or claim at a time, each for the whole free room: a read blocks at

@@ -719,3 +719,51 @@ async fn dead_letter_moves_are_all_or_nothing_across_server_sigkills() {
     assert!(moved > 0, "no dead-letter move ran");
     println!("{moved} moved, {left} left across 4 SIGKILLs");
 }
+
+/// A session that ends holding nothing leaves no consumer behind; one that ends holding
+/// an entry keeps its consumer (deleting it would drop the entry as if acked).
+#[tokio::test]
+async fn an_ended_session_forgets_its_consumer_only_when_it_holds_nothing() {
+    let Some(t) = machine().await else { return };
+    let lease = Duration::from_millis(300);
+    let name = topic(&t, lease, 5).await;
+    let keys = t.keys(&name).unwrap();
+    let consumers = || async {
+        let mut c = t.client().get_multiplexed_async_connection().await.unwrap();
+        let v: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&keys.stream)
+            .arg("g")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        v.len()
+    };
+    t.publish(&name, &Batch::new(vec![stamped("p", 1, "x")]))
+        .await
+        .unwrap();
+    let mut holder = session(&t, &name, "g", lease).await;
+    assert_eq!(
+        deliveries(&mut holder, Duration::from_secs(5)).await.len(),
+        1
+    );
+    drop(holder);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(consumers().await, 1, "the holder's consumer stays");
+    let mut taker = session(&t, &name, "g", lease).await;
+    let d = deliveries(&mut taker, Duration::from_secs(5)).await;
+    assert_eq!(d[0].delivery_count, 2, "reclaimed, not lost");
+    taker.settle(1, Settle::Ack(vec![d[0].receipt.clone()]));
+    assert_eq!(settled(&mut taker, 1).await, vec![SettleOutcome::Applied]);
+    drop(taker);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The first consumer lost its entry to the taker: it holds nothing, but only the
+    // taker's own end forgets the taker.
+    while consumers().await > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the taker's consumer was not forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
