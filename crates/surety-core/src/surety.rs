@@ -93,6 +93,10 @@ pub fn of_code(code: &str) -> Option<(ErrorKind, Outcome)> {
         "topic_failed" => (K::Storage, Retryable),
         // Stopped midway while shutting down: the outcome is unknown (docs/errors.md).
         "shutting_down" => (K::ShuttingDown, Unknown),
+        // A stored record failed its CRC check: nothing of this call happened. The broker
+        // holds the damaged record back and keeps serving the rest, so a consumer's next
+        // fetch may well deliver (another partition); the damage stays until repaired.
+        "data_corrupt" => (K::Storage, Retryable),
         // At open only: another broker holds the directory.
         "directory_in_use" => (K::Unavailable, Retryable),
         _ => return None,
@@ -135,6 +139,11 @@ mod tests {
         assert_eq!(
             of_code("storage_failure"),
             Some((ErrorKind::Storage, Outcome::Unknown))
+        );
+        // Nothing happened, and a consumer's next fetch may deliver another partition.
+        assert_eq!(
+            of_code("data_corrupt"),
+            Some((ErrorKind::Storage, Outcome::Retryable))
         );
         assert_eq!(of_code("internal"), None);
     }

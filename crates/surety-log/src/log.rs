@@ -387,8 +387,6 @@ impl Log {
     /// the wrong record is never trusted to skip: a sealed segment's is then rebuilt by
     /// a scan; the active segment's (the writer's own) is bypassed for this read.
     fn cursor_for<'a>(&self, seg: &'a Segment, offset: u64) -> Result<FrameCursor<'a>, ReadError> {
-        let max_frame = self.inner.config.max_record_bytes;
-        let start = SEGMENT_HEADER_LEN as u64;
         // Under the lock only what the read needs: the active segment's index grows with
         // it (an entry per 4 KiB), and copying it cost a fetch more than its records.
         let (entry, end_pos, next_offset) = {
@@ -396,51 +394,35 @@ impl Log {
             let entry = st.index.as_ref().map(|ix| index::lookup(ix, offset));
             (entry, st.end_pos, st.next_offset)
         };
+        let max_frame = self.inner.config.max_record_bytes;
+        let at = |pos: u64| FrameCursor::new(seg.file.as_ref(), pos, end_pos, max_frame);
+        let checked = |entry: Option<IndexEntry>| {
+            let entry = entry?;
+            let mut cursor = at(u64::from(entry.position));
+            entry_holds(&mut cursor, entry).then_some(cursor)
+        };
+        let sealed = entry.is_none();
         let entry = match entry {
             Some(entry) => entry,
             // A read that began in an earlier segment reads this one from its start.
             None if offset <= seg.base_offset => None,
             None => index::lookup(&self.sealed_index(seg, end_pos, next_offset)?, offset),
         };
-        let Some(entry) = entry else {
-            return Ok(FrameCursor::new(
-                seg.file.as_ref(),
-                start,
-                end_pos,
-                max_frame,
-            ));
-        };
-        let mut cursor = FrameCursor::new(
-            seg.file.as_ref(),
-            u64::from(entry.position),
-            end_pos,
-            max_frame,
-        );
-        if entry_holds(&mut cursor, entry) {
+        if entry.is_none() {
+            return Ok(at(SEGMENT_HEADER_LEN as u64));
+        }
+        if let Some(cursor) = checked(entry) {
             return Ok(cursor);
         }
-        tracing::warn!(segment = ?seg.path, entry.offset, entry.position, "index entry does not hold its record; reading from the segment start");
-        if seg.state.read().unwrap().index.is_none() {
+        tracing::warn!(segment = ?seg.path, ?entry, "index entry does not hold the record it names; not trusted");
+        if sealed {
             self.inner.index_cache.remove(seg.base_offset);
             let rebuilt = self.rebuild_sealed_index(seg, end_pos, next_offset)?;
-            if let Some(entry) = index::lookup(&rebuilt, offset) {
-                let mut cursor = FrameCursor::new(
-                    seg.file.as_ref(),
-                    u64::from(entry.position),
-                    end_pos,
-                    max_frame,
-                );
-                if entry_holds(&mut cursor, entry) {
-                    return Ok(cursor);
-                }
+            if let Some(cursor) = checked(index::lookup(&rebuilt, offset)) {
+                return Ok(cursor);
             }
         }
-        Ok(FrameCursor::new(
-            seg.file.as_ref(),
-            start,
-            end_pos,
-            max_frame,
-        ))
+        Ok(at(SEGMENT_HEADER_LEN as u64))
     }
 
     /// A sealed segment's sparse index: cached, else from its file (checked by

@@ -317,8 +317,13 @@ pub(crate) fn check_sealed(
 }
 
 /// Rewrites a sealed segment's index file unless it already says what a clean scan of
-/// the segment found.
-pub(crate) fn refresh_index_file(storage: &dyn Storage, dir: &Path, base: u64, s: &ScanOutcome) {
+/// the segment found; whether it did.
+pub(crate) fn refresh_index_file(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+    s: &ScanOutcome,
+) -> bool {
     let wanted = IndexFile {
         base_offset: base,
         next_offset: s.next_offset,
@@ -326,9 +331,11 @@ pub(crate) fn refresh_index_file(storage: &dyn Storage, dir: &Path, base: u64, s
         max_timestamp_ms: s.max_timestamp_ms,
         entries: s.index.clone(),
     };
-    if sealed::read_index_file(storage, dir, base).as_ref() != Some(&wanted) {
+    let stale = sealed::read_index_file(storage, dir, base).as_ref() != Some(&wanted);
+    if stale {
         write_index_file(storage, dir, &wanted);
     }
+    stale
 }
 
 /// Records of a segment that run into the next segment's offsets.

@@ -98,12 +98,10 @@ impl Log {
                     )
                 }
                 Ok(s) => {
-                    if crate::sealed::read_index_file(inner.storage.as_ref(), &inner.dir, base)
-                        .is_none_or(|f| f.entries != s.index)
-                    {
+                    if refresh_index_file(inner.storage.as_ref(), &inner.dir, base, &s) {
+                        // Cached from the stale file, maybe.
                         inner.index_cache.remove(base);
                     }
-                    refresh_index_file(inner.storage.as_ref(), &inner.dir, base, &s);
                     (s.record_count, None)
                 }
             },

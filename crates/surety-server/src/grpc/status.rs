@@ -73,7 +73,8 @@ fn grpc_code(code: &str) -> Code {
         }
         // The topic stopped; a broker restart brings it back, so clients may retry.
         "topic_failed" | "shutting_down" => Code::Unavailable,
-        // Stored bytes failed their CRC: gRPC's own code for it; a retry reads the same.
+        // Stored bytes failed their CRC: gRPC's own code for it. Clients decide retries by
+        // the stable code (surety_core::surety::of_code), not by this status.
         "data_corrupt" => Code::DataLoss,
         _ => Code::Internal,
     }

@@ -65,7 +65,7 @@ fn broker_status(code: &str) -> StatusCode {
             StatusCode::CONFLICT
         }
         "topic_failed" | "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-        // Not the client's fault and not transient: a retry reads the same bytes.
+        // The server's data, not the request, is at fault.
         "data_corrupt" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
