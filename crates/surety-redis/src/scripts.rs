@@ -70,6 +70,28 @@ pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+/// Ack many: the owner check and XACK for each (id, consumer, count) triple after the
+/// group in ARGV. KEYS: stream. Answers one 1 / 0 / -1 per triple, in order.
+pub(crate) static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for i = 2, #ARGV, 3 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 then
+    out[#out + 1] = 0
+  elseif p[1][2] ~= ARGV[i + 1] or tostring(p[1][4]) ~= ARGV[i + 2] then
+    out[#out + 1] = -1
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    out[#out + 1] = 1
+  end
+end
+return out
+"#,
+    )
+});
+
 /// Nack with a delay: the entry stays pending but its idle time is set to
 /// `lease − delay` (ARGV[5]), so the reclaim loops (XAUTOCLAIM, min idle = the lease)
 /// take it back once `delay` has passed. JUSTID: the claim itself counts no delivery.

@@ -36,6 +36,11 @@ pub(crate) enum Done {
 
 impl Settler {
     pub async fn settle(&self, settle: Settle) -> Vec<SettleOutcome> {
+        if let Settle::Ack(receipts) = &settle
+            && receipts.len() > 1
+        {
+            return self.ack_many(receipts).await;
+        }
         let runs = settle.receipts().iter().map(|r| async {
             let p = match receipt::decode(r) {
                 Ok(p) => p,
@@ -56,6 +61,46 @@ impl Settler {
             }
         });
         join_all(runs).await
+    }
+
+    /// Acks a batch in one script call (one round trip, one AOF write).
+    async fn ack_many(&self, receipts: &[surety_core::Receipt]) -> Vec<SettleOutcome> {
+        let parsed: Vec<Result<Parsed, TransportError>> =
+            receipts.iter().map(receipt::decode).collect();
+        let mut args = vec![self.group.clone().into_bytes()];
+        for p in parsed.iter().flatten() {
+            args.push(p.id.clone().into_bytes());
+            args.push(p.consumer.clone().into_bytes());
+            args.push(p.count.to_string().into_bytes());
+        }
+        let answers: Result<Vec<i64>, TransportError> = self
+            .inner
+            .conn
+            .script(&scripts::ACK_MANY, &[&self.keys.stream], &args)
+            .await;
+        let mut answers = match answers {
+            Ok(a) => a.into_iter(),
+            Err(e) => {
+                return receipts
+                    .iter()
+                    .map(|_| SettleOutcome::Refused(e.clone()))
+                    .collect();
+            }
+        };
+        parsed
+            .into_iter()
+            .map(|p| match p {
+                Err(e) => SettleOutcome::Refused(e),
+                Ok(p) => match answers.next().map(done) {
+                    Some(Done::Applied) => SettleOutcome::Applied,
+                    Some(Done::NotPending) => SettleOutcome::AlreadySettled,
+                    Some(Done::Stale) => SettleOutcome::Refused(stale(&p)),
+                    None => {
+                        SettleOutcome::Refused(crate::entry::protocol("an ack without an answer"))
+                    }
+                },
+            })
+            .collect()
     }
 
     fn owner_args(&self, p: &Parsed) -> Vec<Vec<u8>> {

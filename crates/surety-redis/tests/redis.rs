@@ -767,3 +767,47 @@ async fn an_ended_session_forgets_its_consumer_only_when_it_holds_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A batch of acks is answered per receipt: applied, stale (reclaimed), already settled.
+#[tokio::test]
+async fn a_batch_of_acks_is_answered_per_receipt() {
+    let Some(t) = machine().await else { return };
+    let lease = Duration::from_millis(300);
+    let name = topic(&t, lease, 5).await;
+    let batch = Batch::new((1..=3).map(|s| stamped("p", s, "x")).collect());
+    t.publish(&name, &batch).await.unwrap();
+    let mut a = session(&t, &name, "g", lease).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(deliveries(&mut a, Duration::from_secs(5)).await);
+    }
+    a.settle(1, Settle::Ack(vec![got[0].receipt.clone()]));
+    assert_eq!(settled(&mut a, 1).await, vec![SettleOutcome::Applied]);
+    a.drain();
+    // b reclaims the two left after the lease.
+    let mut b = session(&t, &name, "g", lease).await;
+    let mut again = Vec::new();
+    while again.len() < 2 {
+        again.extend(deliveries(&mut b, Duration::from_secs(5)).await);
+    }
+    a.settle(
+        2,
+        Settle::Ack(got.iter().map(|d| d.receipt.clone()).collect()),
+    );
+    let outcomes = settled(&mut a, 2).await;
+    assert_eq!(outcomes[0], SettleOutcome::AlreadySettled);
+    assert!(
+        outcomes[1..]
+            .iter()
+            .all(|o| matches!(o, SettleOutcome::Refused(e) if e.kind == ErrorKind::Stale)),
+        "{outcomes:?}"
+    );
+    b.settle(
+        3,
+        Settle::Ack(again.iter().map(|d| d.receipt.clone()).collect()),
+    );
+    assert_eq!(
+        settled(&mut b, 3).await,
+        vec![SettleOutcome::Applied, SettleOutcome::Applied]
+    );
+}
