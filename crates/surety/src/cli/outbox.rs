@@ -88,7 +88,8 @@ struct RelayArgs {
     db: DatabaseArg,
 
     /// The broker to publish to: a Surety server (http://HOST:PORT or HOST:PORT, over
-    /// gRPC) or NATS JetStream (nats://HOST:PORT); may also come before the command
+    /// gRPC), NATS JetStream (nats://HOST:PORT) or Redis Streams (redis://HOST:PORT);
+    /// may also come before the command
     /// [env: SURETY_BACKEND] [default: http://127.0.0.1:7333]
     #[arg(long, visible_alias = "server", value_name = "URL")]
     backend: Option<String>,
@@ -98,7 +99,7 @@ struct RelayArgs {
     token: Option<String>,
 
     /// Refuse a backend whose confirms would not survive a power loss (NATS without
-    /// `sync_interval: always`) [env: SURETY_REQUIRE_FSYNC]
+    /// `sync_interval: always`, Redis without `appendfsync always`) [env: SURETY_REQUIRE_FSYNC]
     #[arg(long)]
     require_fsync: bool,
 
