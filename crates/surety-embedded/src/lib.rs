@@ -30,9 +30,10 @@
 //! # let _ = stats; Ok(()) }
 //! ```
 //!
-//! The broker's lease sweeper and retention are the application's to start
-//! ([`Broker::spawn_sweeper`], as `surety serve` does); without the sweeper an expired
-//! lease still comes back at the next fetch of its group.
+//! The broker's lease sweeper, scrub and retention are the application's to start
+//! ([`Broker::spawn_sweeper`], [`Broker::spawn_scrubber`], as `surety serve` does);
+//! without the sweeper an expired lease still comes back at the next fetch of its group,
+//! and without the scrub damage in sealed segments is found only when they are read.
 
 mod convert;
 mod error;
