@@ -45,6 +45,26 @@ impl RetryPolicy {
     }
 }
 
+/// The delay of a nack after `delivered` deliveries, for a backend that must choose it
+/// itself (NATS `-NAK {"delay"}`, Redis idle time): `initial × 2^(delivered−1)`, capped
+/// at `max`, less up to 20 % (a hash of `seed` and the count, so that messages failing
+/// together do not come back together; never below 80 % of the step, and never zero: a
+/// bare retry burns through `max_deliveries` in milliseconds).
+pub fn nack_backoff(initial: Duration, max: Duration, delivered: u64, seed: u64) -> Duration {
+    let step = delivered.saturating_sub(1).min(32) as u32;
+    let full = initial
+        .saturating_mul(2u32.saturating_pow(step))
+        .min(max)
+        .max(Duration::from_millis(1));
+    let mut z = seed ^ (delivered << 48);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+    full.mul_f64(1.0 - 0.2 * unit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +88,23 @@ mod tests {
         }
         let fixed = RetryPolicy { jitter: 0.0, ..p };
         assert_eq!(fixed.delay(2), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn nack_delays_grow_per_delivery_up_to_the_cap() {
+        let (i, m) = (Duration::from_secs(1), Duration::from_secs(60));
+        let mut last = Duration::ZERO;
+        for n in 1..=6 {
+            let d = nack_backoff(i, m, n, 42);
+            let full = Duration::from_secs(1 << (n - 1));
+            assert!(d <= full && d >= full.mul_f64(0.8), "delivery {n}: {d:?}");
+            assert!(d > last, "delivery {n}: {d:?} after {last:?}");
+            last = d;
+        }
+        assert!(nack_backoff(i, m, 30, 42) <= m && nack_backoff(i, m, 30, 42) >= m.mul_f64(0.8));
+        assert!(
+            nack_backoff(Duration::ZERO, m, 1, 1) > Duration::ZERO,
+            "never a bare nak"
+        );
     }
 }

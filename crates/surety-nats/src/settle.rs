@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use surety_core::retry::nack_backoff;
 use surety_core::{Settle, SettleOutcome, TransportError};
 
 use crate::dead_letters::{self, Death};
@@ -85,49 +86,8 @@ impl Settler {
     /// backoff where that is longer.
     pub fn nak_delay(&self, requested: Duration, delivered: u64, seq: u64) -> Duration {
         let o = &self.inner.options;
-        backoff(o.nak_backoff_initial, o.nak_backoff_max, delivered, seq)
+        nack_backoff(o.nak_backoff_initial, o.nak_backoff_max, delivered, seq)
             .max(requested)
             .min(MAX_NAK_DELAY)
-    }
-}
-
-/// `initial × 2^(delivered−1)`, capped at `max`, less up to 20 % (a hash of the stream
-/// sequence and the count, so that messages failing together do not come back together;
-/// never below 80 % of the step, and never zero).
-pub fn backoff(initial: Duration, max: Duration, delivered: u64, seq: u64) -> Duration {
-    let step = delivered.saturating_sub(1).min(32) as u32;
-    let full = initial
-        .saturating_mul(2u32.saturating_pow(step))
-        .min(max)
-        .max(Duration::from_millis(1));
-    let mut z = seq ^ (delivered << 48);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
-    full.mul_f64(1.0 - 0.2 * unit)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nak_delays_grow_per_delivery_up_to_the_cap() {
-        let (i, m) = (Duration::from_secs(1), Duration::from_secs(60));
-        let mut last = Duration::ZERO;
-        for n in 1..=6 {
-            let d = backoff(i, m, n, 42);
-            let full = Duration::from_secs(1 << (n - 1));
-            assert!(d <= full && d >= full.mul_f64(0.8), "delivery {n}: {d:?}");
-            assert!(d > last, "delivery {n}: {d:?} after {last:?}");
-            last = d;
-        }
-        assert!(backoff(i, m, 30, 42) <= m && backoff(i, m, 30, 42) >= m.mul_f64(0.8));
-        assert!(
-            backoff(Duration::ZERO, m, 1, 1) > Duration::ZERO,
-            "never a bare nak"
-        );
     }
 }
