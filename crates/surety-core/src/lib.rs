@@ -33,6 +33,7 @@ pub mod retry;
 pub mod settled_ledger;
 pub mod surety;
 pub mod transport;
+pub mod url_params;
 pub mod wire;
 
 pub use capabilities::{

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use surety_core::url_params::parse_duration;
 use surety_core::{ErrorKind, TransportError};
 
 use crate::names;
@@ -168,24 +169,6 @@ fn bad(key: &str, value: &str, want: &str) -> TransportError {
     )
 }
 
-/// `250ms`, `30s`, `2m`, `1h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,15 +229,5 @@ mod tests {
             );
             assert!(e.message.contains(says), "{q}: {}", e.message);
         }
-    }
-
-    #[test]
-    fn durations_have_units() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1w"), None);
-        assert_eq!(parse_duration("m"), None);
     }
 }

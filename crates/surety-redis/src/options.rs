@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+pub use surety_core::url_params::parse_duration;
 use surety_core::{ErrorKind, TransportError};
 
 use crate::keys;
@@ -126,24 +127,6 @@ fn bad(key: &str, value: &str, want: &str) -> TransportError {
         ErrorKind::InvalidInput,
         format!("Redis backend parameter {key}={value:?}: expected {want}"),
     )
-}
-
-/// `250ms`, `30s`, `2m`, `1h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
 }
 
 #[cfg(test)]
