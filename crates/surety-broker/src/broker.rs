@@ -659,6 +659,9 @@ impl Broker {
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut removed: HashMap<String, (BTreeSet<u64>, u64, u64)> = HashMap::new();
         let mut dlq_next: HashMap<String, u64> = HashMap::new();
+        // `DeadLettered` events per group in the journal after the snapshot: each has its
+        // copy in the dead-letter log, written in the same order (see `stage`).
+        let mut dl_events: HashMap<String, u64> = HashMap::new();
         let mut next = topic.journal.start_offset();
         let snapshot_path = topic.dir.join(SNAPSHOT_FILE);
         match std::fs::read(&snapshot_path) {
@@ -761,6 +764,11 @@ impl Broker {
                                 r.offset
                             ))
                         })?;
+                        *dl_events.entry(group.clone()).or_default() += events
+                            .iter()
+                            .filter(|(_, e)| matches!(e, Event::DeadLettered { .. }))
+                            .count()
+                            as u64;
                         for (p, e) in events {
                             ensure_parts(&mut g.parts, p as usize + 1, &policy);
                             g.parts[p as usize].apply(&e).map_err(|e| {
@@ -772,6 +780,7 @@ impl Broker {
                         groups.remove(&group);
                         removed.remove(&group);
                         dlq_next.remove(&group);
+                        dl_events.remove(&group);
                     }
                     Some(kind @ (J_RESENT | J_PURGED)) => {
                         let entry = removed.entry(group).or_default();
@@ -795,6 +804,7 @@ impl Broker {
         }
         let partitions = topic.partitions.read().unwrap().len();
         let dlq_root = topic.dir.join("dlq");
+        let mut roll_forward = Vec::new();
         for (name, g) in groups.iter_mut() {
             ensure_parts(&mut g.parts, partitions, &policy);
             let (gone, resent, purged) = removed.remove(name).unwrap_or_default();
@@ -802,18 +812,24 @@ impl Broker {
             g.purged += purged;
             if dlq_root.join(name).is_dir() {
                 let dlq = self.open_dlq(topic, name)?;
-                let from = dlq_next
-                    .get(name)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(dlq.start_offset());
-                for_each_record(&dlq, from, |r| {
+                let snapshot_end = dlq_next.get(name).copied().unwrap_or(0);
+                let journalled_end = snapshot_end + dl_events.get(name).copied().unwrap_or(0);
+                let mut unjournalled = Vec::new();
+                for_each_record(&dlq, snapshot_end.max(dlq.start_offset()), |r| {
                     g.dead_letters
                         .insert(r.offset, dead_letter_meta(&r.headers));
+                    if r.offset >= journalled_end {
+                        unjournalled.push(dead_letter_event(&r.headers));
+                    }
                 })?;
                 g.dlq = Some(dlq);
+                roll_forward.push((name.clone(), unjournalled));
             }
             g.dead_letters.retain(|id, _| !gone.contains(id));
+        }
+        for (name, copies) in roll_forward {
+            let g = groups.get_mut(&name).expect("rolled forward groups exist");
+            finish_dead_letters(topic, g, copies)?;
         }
         // Dead-letter logs of deleted groups whose removal a crash interrupted.
         if let Ok(entries) = std::fs::read_dir(&dlq_root) {
@@ -1636,38 +1652,13 @@ impl Broker {
         let mut copies = Vec::new();
         let mut placed = Vec::new();
         for (p, e) in &events {
-            if let Event::DeadLettered {
-                offset,
-                reason,
-                at,
-                attempts,
-                first_delivered_at,
-                last_delivered_at,
-            } = e
-            {
+            if let Event::DeadLettered { offset, .. } = e {
                 let Some(original) = partitions[*p as usize].read(*offset)? else {
                     return Err(BrokerError::Storage(format!(
                         "dead-lettered offset {offset} of partition {p} is not in the log"
                     )));
                 };
-                let mut rec = NewRecord {
-                    timestamp_ms: original.timestamp_ms,
-                    key: original.key,
-                    headers: original.headers,
-                    payload: original.payload,
-                };
-                let mut meta = |n: &str, v: Vec<u8>| rec.headers.push(Header::new(n, v));
-                meta(DL_PARTITION, p.to_le_bytes().to_vec());
-                meta(DL_OFFSET, offset.to_le_bytes().to_vec());
-                meta(DL_REASON, reason.as_bytes().to_vec());
-                meta(DL_ATTEMPTS, attempts.to_le_bytes().to_vec());
-                meta(DL_AT, at.to_le_bytes().to_vec());
-                if let Some(t) = first_delivered_at {
-                    meta(DL_FIRST, t.to_le_bytes().to_vec());
-                }
-                if let Some(t) = last_delivered_at {
-                    meta(DL_LAST, t.to_le_bytes().to_vec());
-                }
+                let rec = dead_letter_copy(original, *p, e);
                 copies.push(rec);
                 placed.push((*p, *offset));
             }
@@ -2663,6 +2654,60 @@ fn fail_topic(topic: &Topic, e: &dyn std::fmt::Display) -> BrokerError {
     BrokerError::TopicFailed(topic.name.clone())
 }
 
+/// Completes dead-lettering that a crash cut in half: a copy reached the dead-letter log
+/// (it is made durable first) but the journal record saying the message left the group
+/// did not, so the group still holds the message in flight — and would dead-letter it a
+/// second time. Each such copy whose message is still unsettled at the copy's attempt
+/// count gets its `DeadLettered` event applied and journalled now, which keeps copies
+/// and journal events one to one for the next replay.
+///
+/// The record is submitted, not awaited (`open` may run inside a runtime): the journal
+/// keeps submission order, so every later record of this topic is durable only after it.
+/// A crash before it is durable leaves the same copies unjournalled — plus any copy of a
+/// later dead letter, whose journal record comes after this one — and the next replay
+/// finishes them all again.
+fn finish_dead_letters(
+    topic: &Topic,
+    g: &mut Group,
+    copies: Vec<(u32, Event)>,
+) -> Result<(), BrokerError> {
+    let mut events = Vec::new();
+    for (p, e) in copies {
+        let Event::DeadLettered {
+            offset, attempts, ..
+        } = &e
+        else {
+            continue;
+        };
+        let Some(part) = g.parts.get_mut(p as usize) else {
+            continue;
+        };
+        if part.is_settled(*offset) || part.deliveries(*offset) != *attempts {
+            continue; // not this group's message as the copy saw it: leave it as it is
+        }
+        part.apply(&e).map_err(|why| {
+            BrokerError::Storage(format!("finishing a dead letter of {:?}: {why}", g.name))
+        })?;
+        events.push((p, e));
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        topic = %topic.name,
+        group = %g.name,
+        messages = events.len(),
+        "finished dead-lettering that a crash interrupted"
+    );
+    let _durable_in_order = topic.journal.submit(vec![NewRecord {
+        timestamp_ms: 0,
+        key: Some(g.name.as_bytes().to_vec()),
+        headers: vec![Header::new("t", J_EVENTS.to_vec())],
+        payload: encode_events(&events),
+    }])?;
+    Ok(())
+}
+
 fn ensure_parts(parts: &mut Vec<GroupPartition>, n: usize, policy: &crate::group::GroupPolicy) {
     // Partitions added after the group was created start empty, at offset 0.
     while parts.len() < n {
@@ -2855,6 +2900,62 @@ fn header_u32(headers: &[Header], name: &str) -> Option<u32> {
         .and_then(|h| Some(u32::from_le_bytes(h.value.as_slice().try_into().ok()?)))
 }
 
+/// The dead-letter log's copy of `original` (partition `p`) for a `DeadLettered` event:
+/// the message as stored, plus what [`dead_letter_event`] reads back.
+fn dead_letter_copy(original: surety_log::Record, p: u32, e: &Event) -> NewRecord {
+    let Event::DeadLettered {
+        offset,
+        reason,
+        at,
+        attempts,
+        first_delivered_at,
+        last_delivered_at,
+    } = e
+    else {
+        unreachable!("only a DeadLettered event has a dead-letter copy")
+    };
+    let mut rec = NewRecord {
+        timestamp_ms: original.timestamp_ms,
+        key: original.key,
+        headers: original.headers,
+        payload: original.payload,
+    };
+    let mut meta = |n: &str, v: Vec<u8>| rec.headers.push(Header::new(n, v));
+    meta(DL_PARTITION, p.to_le_bytes().to_vec());
+    meta(DL_OFFSET, offset.to_le_bytes().to_vec());
+    meta(DL_REASON, reason.as_bytes().to_vec());
+    meta(DL_ATTEMPTS, attempts.to_le_bytes().to_vec());
+    meta(DL_AT, at.to_le_bytes().to_vec());
+    if let Some(t) = first_delivered_at {
+        meta(DL_FIRST, t.to_le_bytes().to_vec());
+    }
+    if let Some(t) = last_delivered_at {
+        meta(DL_LAST, t.to_le_bytes().to_vec());
+    }
+    rec
+}
+
+/// The `DeadLettered` event (and its partition) a dead-letter copy was written for.
+fn dead_letter_event(headers: &[Header]) -> (u32, Event) {
+    let (partition, offset) = dead_letter_meta(headers);
+    let reason = headers
+        .iter()
+        .find(|h| h.name == DL_REASON)
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        .unwrap_or_default();
+    (
+        partition,
+        Event::DeadLettered {
+            offset,
+            reason,
+            at: header_u64(headers, DL_AT).unwrap_or(0),
+            attempts: header_u32(headers, DL_ATTEMPTS).unwrap_or(0),
+            first_delivered_at: header_u64(headers, DL_FIRST),
+            last_delivered_at: header_u64(headers, DL_LAST),
+        },
+    )
+}
+
 fn dead_letter_meta(headers: &[Header]) -> (u32, u64) {
     (
         header_u32(headers, DL_PARTITION).unwrap_or(0),
@@ -2863,17 +2964,20 @@ fn dead_letter_meta(headers: &[Header]) -> (u32, u64) {
 }
 
 fn dead_letter_from(group: &str, mut r: surety_log::Record) -> DeadLetter {
-    let (partition, offset) = dead_letter_meta(&r.headers);
-    let reason = r
-        .headers
-        .iter()
-        .find(|h| h.name == DL_REASON)
-        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
-        .unwrap_or_default();
-    let attempts = header_u32(&r.headers, DL_ATTEMPTS).unwrap_or(0);
-    let first = header_u64(&r.headers, DL_FIRST);
-    let last = header_u64(&r.headers, DL_LAST);
-    let at = header_u64(&r.headers, DL_AT).unwrap_or(0);
+    let (
+        partition,
+        Event::DeadLettered {
+            offset,
+            reason,
+            at,
+            attempts,
+            first_delivered_at,
+            last_delivered_at,
+        },
+    ) = dead_letter_event(&r.headers)
+    else {
+        unreachable!("dead_letter_event answers a DeadLettered event")
+    };
     let id = r.offset;
     r.headers.retain(|h| !h.name.starts_with("surety.dl."));
     r.offset = offset;
@@ -2884,8 +2988,8 @@ fn dead_letter_from(group: &str, mut r: surety_log::Record) -> DeadLetter {
         group: group.to_owned(),
         reason,
         attempts,
-        first_delivered_at: first,
-        last_delivered_at: last,
+        first_delivered_at,
+        last_delivered_at,
         dead_lettered_at: at,
         message: StoredMessage::from_record(r),
     }
@@ -3066,6 +3170,88 @@ mod tests {
                 offset: 1,
                 duplicate: true
             }
+        );
+    }
+
+    /// A crash between the two halves of dead-lettering (`stage`): the copy is durable in
+    /// the dead-letter log, the journal record saying the message left the group is not.
+    /// The restart must finish the move, not leave the message in flight to be
+    /// dead-lettered a second time when its lease runs out (seen once under
+    /// `broker_kill`: "dead-lettered twice"). It must also keep the copies and journal
+    /// events one to one, so that a later, whole dead letter is not taken for a half one.
+    #[tokio::test]
+    async fn a_dead_letter_copy_without_its_journal_record_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: TopicConfigPatch =
+            serde_json::from_str(r#"{"partitions":1,"max_deliveries":1,"ack_wait_ms":100}"#)
+                .unwrap();
+        let message = |payload: &[u8]| PublishMessage {
+            payload: payload.to_vec(),
+            ..PublishMessage::default()
+        };
+        let b = Broker::open(dir.path(), BrokerOptions::default()).unwrap();
+        b.put_topic("t", &config).await.unwrap();
+        b.publish("t", vec![message(b"first")]).await.unwrap();
+        let got = b.fetch("t", "g", 1, Duration::ZERO, None).await.unwrap();
+        assert_eq!(got.len(), 1);
+        // The first half of a dead-lettering nack, by hand: the durable copy only.
+        let topic = b.topic("t").unwrap();
+        let original = topic.partitions.read().unwrap()[0]
+            .read(0)
+            .unwrap()
+            .unwrap();
+        let now = b.now();
+        let copy = dead_letter_copy(
+            original,
+            0,
+            &Event::DeadLettered {
+                offset: 0,
+                reason: "handler failed".into(),
+                at: now,
+                attempts: 1,
+                first_delivered_at: Some(now),
+                last_delivered_at: Some(now),
+            },
+        );
+        let dlq = b.open_dlq(&topic, "g").unwrap();
+        dlq.submit(vec![copy]).unwrap().await.unwrap();
+        dlq.close();
+        drop((dlq, topic));
+        b.close();
+        drop(b);
+
+        let stats = |info: &TopicInfo| info.groups[0].stats;
+        let b = Broker::open(dir.path(), BrokerOptions::default()).unwrap();
+        let dead = b.dead_letters("t", "g").await.unwrap();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].reason, "handler failed");
+        let s = stats(&b.describe("t").await.unwrap());
+        assert_eq!((s.dead_lettered, s.in_flight), (1, 0), "{s:?}");
+        // Past the old lease: nothing comes back, nothing is dead-lettered again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = b.fetch("t", "g", 10, Duration::ZERO, None).await.unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(b.dead_letters("t", "g").await.unwrap().len(), 1);
+        // A whole dead letter after it.
+        b.publish("t", vec![message(b"second")]).await.unwrap();
+        let got = b.fetch("t", "g", 1, Duration::ZERO, None).await.unwrap();
+        let receipts = [got[0].receipt.clone()];
+        b.nack("t", "g", &receipts, Duration::ZERO, "second failed")
+            .await
+            .unwrap();
+        b.close();
+        drop(b);
+
+        let b = Broker::open(dir.path(), BrokerOptions::default()).unwrap();
+        let dead = b.dead_letters("t", "g").await.unwrap();
+        let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(reasons, ["handler failed", "second failed"]);
+        let s = stats(&b.describe("t").await.unwrap());
+        assert!(s.is_conserved(), "{s:?}");
+        assert_eq!(
+            (s.accepted, s.dead_lettered, s.in_flight, s.pending),
+            (2, 2, 0, 0),
+            "{s:?}"
         );
     }
 }
