@@ -18,12 +18,14 @@
 //! - [`surety`]: what Surety's own broker declares, shared by its gRPC and in-process
 //!   transports.
 //! - [`settled_ledger`]: [`SettledLedger`], the consumer side's memory of handled
-//!   (producer id, sequence) pairs, for transports whose publish dedupe has a time window.
+//!   (producer id, sequence) pairs, for transports whose publish dedupe has a time window
+//!   or none; [`file_ledger`]: [`FileLedger`], the same kept in a file across restarts.
 //! - [`wire`]: the header names in which backends carry the layer's data.
 
 pub mod capabilities;
 pub mod consumer;
 pub mod error;
+pub mod file_ledger;
 pub mod gap;
 mod gather;
 pub mod message;
@@ -42,6 +44,7 @@ pub use capabilities::{
 };
 pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ConsumerStats, StopHandle};
 pub use error::{ErrorKind, Outcome, TransportError};
+pub use file_ledger::{FileLedger, FileLedgerError, FileLedgerOptions, LedgerRecovery};
 pub use gap::{GapDetector, GapStats, Observation};
 pub use message::{
     Batch, Delivery, Headers, Message, Position, Published, Receipt, StampedMessage,

@@ -7,7 +7,8 @@
 //!
 //! It bounds duplicates; it does not make effects exactly-once. The memory
 //! ([`MemoryLedger`]) is one consumer process's: a copy delivered to another consumer
-//! of the group, or after a restart, is handled again — the `Inbox` in the handler's
+//! of the group, or after a restart, is handled again ([`FileLedger`](crate::FileLedger)
+//! keeps one consumer's memory across its restarts) — the `Inbox` in the handler's
 //! transaction is what applies a message once. docs/backends.md ("The two windows")
 //! says which window covers what.
 //!
@@ -108,17 +109,9 @@ impl SettledLedger for MemoryLedger {
     fn claim(&self, producer: &str, sequence: u64) -> Claim {
         let mut state = self.state.lock().unwrap();
         if !state.by_producer.contains_key(producer) {
-            if state.order.len() >= self.producers
-                && let Some(old) = state.order.pop_front()
-            {
-                state.by_producer.remove(&old);
-            }
-            state.order.push_back(producer.to_owned());
-            state
-                .by_producer
-                .insert(producer.to_owned(), Producer::default());
+            state.admit(producer, self.producers);
         }
-        let p = state.by_producer.get_mut(producer).expect("inserted above");
+        let p = state.by_producer.get_mut(producer).expect("admitted above");
         if p.handled.contains(&sequence) {
             return Claim::Handled;
         }
@@ -134,16 +127,69 @@ impl SettledLedger for MemoryLedger {
             return;
         };
         p.running.remove(&sequence);
-        if !handled {
-            return;
+        if handled {
+            p.remember(sequence, self.window);
         }
-        p.highest = p.highest.max(sequence);
-        let floor = p.highest.saturating_sub(self.window - 1);
+    }
+}
+
+impl MemoryLedger {
+    /// Records `sequence` of `producer` as handled without a claim (a ledger reloaded from
+    /// its file, [`FileLedger`](crate::FileLedger)).
+    pub(crate) fn remember(&self, producer: &str, sequence: u64) {
+        let mut state = self.state.lock().unwrap();
+        if !state.by_producer.contains_key(producer) {
+            state.admit(producer, self.producers);
+        }
+        let p = state.by_producer.get_mut(producer).expect("admitted above");
+        p.remember(sequence, self.window);
+    }
+
+    /// Every handled stamp, producers in the order they were first seen (the eviction
+    /// order), sequences ascending.
+    pub(crate) fn handled(&self) -> Vec<(String, Vec<u64>)> {
+        let state = self.state.lock().unwrap();
+        state
+            .order
+            .iter()
+            .filter_map(|name| {
+                let p = state.by_producer.get(name)?;
+                Some((name.clone(), p.handled.iter().copied().collect()))
+            })
+            .collect()
+    }
+
+    /// How many handled stamps are remembered.
+    pub(crate) fn len(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        state.by_producer.values().map(|p| p.handled.len()).sum()
+    }
+}
+
+impl State {
+    /// Starts remembering `producer`, forgetting the oldest one if `producers` are known.
+    fn admit(&mut self, producer: &str, producers: usize) {
+        if self.order.len() >= producers
+            && let Some(old) = self.order.pop_front()
+        {
+            self.by_producer.remove(&old);
+        }
+        self.order.push_back(producer.to_owned());
+        self.by_producer
+            .insert(producer.to_owned(), Producer::default());
+    }
+}
+
+impl Producer {
+    /// Records a handled sequence and forgets those that fell below the window.
+    fn remember(&mut self, sequence: u64, window: u64) {
+        self.highest = self.highest.max(sequence);
+        let floor = self.highest.saturating_sub(window - 1);
         if sequence >= floor {
-            p.handled.insert(sequence);
+            self.handled.insert(sequence);
         }
-        while p.handled.first().is_some_and(|&s| s < floor) {
-            p.handled.pop_first();
+        while self.handled.first().is_some_and(|&s| s < floor) {
+            self.handled.pop_first();
         }
     }
 }

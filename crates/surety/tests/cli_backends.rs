@@ -175,6 +175,41 @@ fn contract(url: &str, topic: &str) {
 fn surety_server_keeps_the_cli_contract() {
     let s = Server::start();
     contract(&s.url, "contract");
+    // A Surety server refuses a repeated stamp itself: --ledger is refused, readably.
+    let refused = run(
+        &s.url,
+        &["consume", "contract", "-g", "l", "--ledger", "x"],
+        b"",
+    );
+    assert_eq!(refused.code(), 2, "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("--ledger is not needed"),
+        "{}",
+        refused.stderr()
+    );
+}
+
+/// `consume --ledger FILE` keeps the handled stamps in FILE (the driver's `FileLedger`).
+fn ledger_is_kept_in_its_file(url: &str, topic: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledger");
+    let file = file.to_str().unwrap();
+    ok(url, &["topics", "create", topic]);
+    let stamp = ["--producer-id", "cli-ledger", "--sequence", "7"];
+    let mut args = vec!["publish", topic, "kept"];
+    args.extend(stamp);
+    ok(url, &args);
+    let got = json_lines(
+        url,
+        &["consume", topic, "-g", "l", "--max", "1", "--ledger", file],
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    let bytes = std::fs::read(file).unwrap();
+    assert!(bytes.starts_with(b"SURETYL1"), "{bytes:?}");
+    assert!(
+        bytes.windows(10).any(|w| w == b"cli-ledger"),
+        "the stamp is in the file: {bytes:?}"
+    );
 }
 
 /// The NATS server's URL, or `None` (after saying why) when none answers outside CI.
@@ -211,6 +246,7 @@ fn nats_keeps_the_cli_contract() {
         .unwrap()
         .as_nanos();
     contract(&url, &format!("contract{nanos}"));
+    ledger_is_kept_in_its_file(&url, &format!("ledger{nanos}"));
 }
 
 /// The Redis server's URL, or `None` (after saying why) when none answers outside CI.

@@ -92,6 +92,12 @@ pub struct ConsumeArgs {
     /// backoff applies too): 500ms, 5s, 1m
     #[arg(long, value_name = "DURATION", requires = "exec", value_parser = super::time::parse_duration)]
     nack_delay: Option<Duration>,
+    /// Remember handled (producer id, sequence) pairs in FILE, so that a copy the backend
+    /// stored twice is acked unrun after a restart of this consumer too (one process per
+    /// file). Without it they are remembered in memory while it runs, on backends whose
+    /// dedupe is a time window or none
+    #[arg(long, value_name = "FILE")]
+    ledger: Option<std::path::PathBuf>,
     /// Last, so that its help heading does not swallow the options above.
     #[command(flatten)]
     pub conn: ClientArgs,
@@ -119,6 +125,7 @@ pub async fn run(args: ConsumeArgs, conn: &Conn) -> Result<(), CliError> {
             max: args.max.map(u64::from),
             lease: args.lease_ms.map(Duration::from_millis),
             nack_delay,
+            ledger: args.ledger.clone(),
         };
         return exec::run(settings, conn).await;
     }
@@ -146,8 +153,16 @@ pub async fn run(args: ConsumeArgs, conn: &Conn) -> Result<(), CliError> {
                 max,
                 idle,
                 args.lease_ms.map(Duration::from_millis),
+                args.ledger.as_deref(),
             )
             .await;
+    }
+    if args.ledger.is_some() {
+        return Err(CliError::Usage(
+            "--ledger is not needed on a Surety server: it refuses a repeated (producer id, \
+             sequence) itself, across restarts (with --exec the option is accepted)"
+                .into(),
+        ));
     }
     let client = Client::new(conn)?;
     let consumer = Consumer {

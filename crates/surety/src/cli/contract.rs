@@ -196,11 +196,15 @@ impl Seam {
         max: Option<u32>,
         idle: Option<Duration>,
         lease: Option<Duration>,
+        ledger: Option<&std::path::Path>,
     ) -> Result<(), CliError> {
         let mut builder = Consumer::builder_shared(self.transport.clone(), topic, group)
             .max_in_flight(max.unwrap_or(64).clamp(1, 64));
         if let Some(lease) = lease {
             builder = builder.lease(lease);
+        }
+        if let Some(path) = ledger {
+            builder = builder.settled_ledger(open_ledger(path)?);
         }
         let stop = builder.stop_handle();
         super::exec::stop_on_signals(stop.clone())?;
@@ -427,6 +431,24 @@ fn put_bytes(obj: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]
             Value::from(base64::engine::general_purpose::STANDARD.encode(bytes)),
         ),
     };
+}
+
+/// `--ledger FILE`: the consumer's settled ledger, kept in FILE across restarts.
+pub(super) fn open_ledger(
+    path: &std::path::Path,
+) -> Result<Arc<dyn surety_core::SettledLedger>, CliError> {
+    let ledger = surety_core::FileLedger::open(path, surety_core::FileLedgerOptions::default())
+        .map_err(|e| CliError::Refused(format!("--ledger: {e}")))?;
+    let r = ledger.recovery();
+    if r.truncated_bytes > 0 {
+        eprintln!(
+            "warning: --ledger {}: cut {} damaged or torn bytes off its end ({} stamps read)",
+            path.display(),
+            r.truncated_bytes,
+            r.records
+        );
+    }
+    Ok(Arc::new(ledger))
 }
 
 fn bytes_text(bytes: &[u8]) -> String {

@@ -33,6 +33,8 @@ pub struct ExecSettings {
     pub max: Option<u64>,
     pub lease: Option<Duration>,
     pub nack_delay: Duration,
+    /// `--ledger`: the settled ledger's file.
+    pub ledger: Option<std::path::PathBuf>,
 }
 
 /// Runs `--exec` until Ctrl-C / SIGTERM (or `--max`); commands already running finish
@@ -56,6 +58,9 @@ pub async fn run(settings: ExecSettings, conn: &Conn) -> Result<(), CliError> {
     .nack_delay(settings.nack_delay);
     if let Some(lease) = settings.lease {
         builder = builder.lease(lease);
+    }
+    if let Some(path) = &settings.ledger {
+        builder = builder.settled_ledger(super::contract::open_ledger(path)?);
     }
     let stop = builder.stop_handle();
     stop_on_signals(stop.clone())?;
