@@ -37,6 +37,12 @@ pub struct RedisOptions {
     pub default_ack_wait: Duration,
     /// The largest payload on any topic (a topic's own `max_message_bytes` may be lower).
     pub max_message_bytes: u32,
+    /// A publish is confirmed only once this many replicas have its entries (`WAIT`);
+    /// 0: once the primary has them.
+    pub wait_replicas: u16,
+    /// How long a publish waits for those replicas before it fails (`Unknown`: stored on
+    /// the primary; a retry is answered as a duplicate and waits again).
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisOptions {
@@ -52,18 +58,21 @@ impl Default for RedisOptions {
             default_max_deliveries: 5,
             default_ack_wait: Duration::from_secs(30),
             max_message_bytes: 8 * 1024 * 1024,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
 
 const KNOWN: &str = "require_fsync, prefix, dedupe_window, request_timeout, reclaim_interval, \
-                     max_message_bytes";
+                     max_message_bytes, wait_replicas, wait_timeout";
 
 impl RedisOptions {
     /// The defaults, changed by the URL's query parameters: `require_fsync` (`true` or
     /// `false`), `prefix` (`[A-Za-z0-9_-]`), `dedupe_window` (100 to 1 000 000
     /// sequences), `request_timeout` (100 ms to 10 min), `reclaim_interval` (10 ms to
-    /// 10 s), `max_message_bytes` (1 to 512 MiB).
+    /// 10 s), `max_message_bytes` (1 to 512 MiB), `wait_replicas` (0 to 16), `wait_timeout`
+    /// (10 ms to 1 min, below `request_timeout`).
     pub fn from_url_query(url: &url::Url) -> Result<Self, TransportError> {
         let mut o = RedisOptions::default();
         for (key, value) in url.query_pairs() {
@@ -110,6 +119,20 @@ impl RedisOptions {
                         .filter(|n| (1..=512 * 1024 * 1024).contains(n))
                         .ok_or_else(|| bad(&key, value, "1 to 536870912 bytes"))?
                 }
+                "wait_replicas" => {
+                    o.wait_replicas = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 16)
+                        .ok_or_else(|| bad(&key, value, "0 to 16 replicas"))?
+                }
+                "wait_timeout" => {
+                    o.wait_timeout = parse_duration(value)
+                        .filter(|d| {
+                            (Duration::from_millis(10)..=Duration::from_secs(60)).contains(d)
+                        })
+                        .ok_or_else(|| bad(&key, value, "a duration from 10ms to 1m"))?
+                }
                 other => {
                     return Err(TransportError::refused(
                         ErrorKind::InvalidInput,
@@ -117,6 +140,16 @@ impl RedisOptions {
                     ));
                 }
             }
+        }
+        if o.wait_replicas > 0 && o.wait_timeout >= o.request_timeout {
+            return Err(TransportError::refused(
+                ErrorKind::InvalidInput,
+                format!(
+                    "Redis backend parameter wait_timeout={:?} must be below request_timeout={:?} \
+                     (the WAIT is one request)",
+                    o.wait_timeout, o.request_timeout
+                ),
+            ));
         }
         Ok(o)
     }
@@ -147,11 +180,19 @@ mod tests {
         assert_eq!(o.request_timeout, Duration::from_millis(750));
         assert_eq!(o.reclaim_interval, Duration::from_millis(50));
         assert_eq!(o.max_message_bytes, 1024);
+        let o = opts("?wait_replicas=2&wait_timeout=250ms").unwrap();
+        assert_eq!(
+            (o.wait_replicas, o.wait_timeout),
+            (2, Duration::from_millis(250))
+        );
         for (q, says) in [
             ("?require_fsync=maybe", "true or false"),
             ("?prefix=a:b", "[A-Za-z0-9_-]"),
             ("?dedupe_window=5", "100 to 1000000"),
             ("?requre_fsync=true", "unknown Redis backend parameter"),
+            ("?wait_replicas=17", "0 to 16 replicas"),
+            ("?wait_timeout=5ms", "10ms to 1m"),
+            ("?wait_replicas=1&wait_timeout=10s", "below request_timeout"),
         ] {
             let e = opts(q).unwrap_err();
             assert_eq!((e.kind, e.retryable()), (ErrorKind::InvalidInput, false));

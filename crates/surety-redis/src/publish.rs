@@ -4,9 +4,15 @@
 //! id. Atomic on the server, so two producers retrying the same sequence concurrently
 //! store it once. A sequence below the newest `dedupe_window` of its producer cannot be
 //! checked, so it is refused (`SequenceTooOld`), as Surety's own broker does.
+//!
+//! With `wait_replicas` N > 0 the answers wait for `WAIT N wait_timeout` on the same
+//! connection, which covers every write sent on it before (this batch's, duplicates'
+//! originals included): fewer than N replicas in time fails the whole attempt as
+//! `Unknown` — the entries are on the primary, and the retry the driver makes with the
+//! same stamps is answered as duplicates and waits again.
 
 use redis::Value;
-use surety_core::{Batch, ErrorKind, PublishAnswers, Published, TransportError};
+use surety_core::{Batch, ErrorKind, Outcome, PublishAnswers, Published, TransportError};
 
 use crate::entry::{self, array, text};
 use crate::scripts;
@@ -114,10 +120,38 @@ pub(crate) async fn publish(
             });
         }
     }
+    if inner.options.wait_replicas > 0 && !sent.is_empty() {
+        wait_for_replicas(inner).await?;
+    }
     Ok(answers
         .into_iter()
         .map(|a| a.unwrap_or_else(|| Err(entry::protocol("a message without an answer"))))
         .collect())
+}
+
+async fn wait_for_replicas(inner: &Inner) -> Result<(), TransportError> {
+    let want = inner.options.wait_replicas;
+    let timeout = inner.options.wait_timeout;
+    let got: u64 = inner
+        .conn
+        .query(
+            redis::cmd("WAIT")
+                .arg(want)
+                .arg(timeout.as_millis().max(1) as u64),
+        )
+        .await?;
+    if got >= u64::from(want) {
+        return Ok(());
+    }
+    Err(TransportError::new(
+        ErrorKind::TimedOut,
+        Outcome::Unknown,
+        format!(
+            "stored on the Redis primary but on {got} of {want} replicas within {timeout:?} \
+             (wait_replicas): not confirmed; a retry is answered as a duplicate once they have it"
+        ),
+    )
+    .with_code("not_replicated"))
 }
 
 fn too_large(size: usize, limit: u32) -> TransportError {

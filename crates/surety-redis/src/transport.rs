@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use surety_core::{
-    Admin, Batch, BoxFuture, Capabilities, Capable, DeadLetterCap, DeadLetterPage, DeadLetterStore,
-    DeadLetters, DedupeWindow, DeliveryCount, ErrorKind, LeaseKind, Mechanism, NackDelay, Ordering,
-    PublishAnswers, PublishDedupe, Publisher, Selection, Session, SettleAnswers, Subscriber,
-    Subscription, TopicInfo, TopicSpec, TransportError,
+    Admin, Batch, BoxFuture, Capabilities, Capable, Confirm, DeadLetterCap, DeadLetterPage,
+    DeadLetterStore, DeadLetters, DedupeWindow, DeliveryCount, ErrorKind, LeaseKind, Mechanism,
+    NackDelay, Ordering, PublishAnswers, PublishDedupe, Publisher, Selection, Session,
+    SettleAnswers, Subscriber, Subscription, TopicInfo, TopicSpec, TransportError,
 };
 
 use crate::conn::Conn;
@@ -161,7 +161,15 @@ fn capabilities(o: &RedisOptions, d: &DurabilityReport) -> Capabilities {
         },
         id_dedupe: None,
         per_message_publish_answers: true,
-        confirm: d.confirm,
+        confirm: match d.confirm {
+            // The primary's own fsync is the stronger promise for a power loss.
+            Confirm::FsyncedOnNode => Confirm::FsyncedOnNode,
+            _ if o.wait_replicas > 0 => Confirm::Replicated {
+                replicas: o.wait_replicas + 1,
+                fsynced: false,
+            },
+            other => other,
+        },
         unknown_topic: Mechanism::Emulated(
             "the publish script refuses a topic without its config hash (XADD would create it)",
         ),

@@ -390,6 +390,8 @@ struct Durable {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// More redis-server options (a replica's `--replicaof`).
+    extra: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -401,11 +403,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(port: u16, dir: &Path) -> Option<Child> {
+fn spawn(port: u16, dir: &Path, extra: &[String]) -> Option<Child> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/redis-durable");
     match Command::new(script)
         .arg(port.to_string())
         .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -422,6 +425,42 @@ fn spawn(port: u16, dir: &Path) -> Option<Child> {
 
 impl Durable {
     async fn start() -> Option<Durable> {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// A replica of `primary`, with its own AOF.
+    async fn replica_of(primary: &Durable) -> Option<Durable> {
+        let r = Self::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port.to_string(),
+        ])
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = redis::Client::open(r.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if info.contains("master_link_status:up") {
+                return Some(r);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never synced: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    async fn start_with(extra: Vec<String>) -> Option<Durable> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -435,11 +474,12 @@ impl Durable {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("aof");
         let port = free_port();
-        let child = spawn(port, &dir)?;
+        let child = spawn(port, &dir, &extra)?;
         let d = Durable {
             port,
             dir,
             child: Some(child),
+            extra,
             _tmp: tmp,
         };
         d.ready().await;
@@ -472,7 +512,7 @@ impl Durable {
             c.kill().unwrap(); // SIGKILL
             c.wait().unwrap();
         }
-        self.child = spawn(self.port, &self.dir);
+        self.child = spawn(self.port, &self.dir, &self.extra);
         self.ready().await;
     }
 }
@@ -502,6 +542,64 @@ async fn aof_always_is_confirmed_fsynced_and_accepted_under_require_fsync() {
     .unwrap();
     assert!(t.durability().is_safe(), "{}", t.durability());
     assert_eq!(t.capabilities_confirm(), Confirm::FsyncedOnNode);
+}
+
+/// `wait_replicas`: a publish is confirmed only once a replica has it. A stopped replica
+/// turns the confirm into `Unknown` (stored on the primary, not confirmed) after
+/// `wait_timeout`; once it runs again the retry of the same stamps is a duplicate.
+#[tokio::test]
+async fn wait_replicas_confirms_only_what_a_replica_has() {
+    let Some(primary) = Durable::start().await else {
+        return;
+    };
+    let Some(replica) = Durable::replica_of(&primary).await else {
+        return;
+    };
+    let wait = Duration::from_millis(300);
+    let t = RedisTransport::connect(
+        &primary.url(),
+        RedisOptions {
+            wait_replicas: 1,
+            wait_timeout: wait,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let name = topic(&t, Duration::from_secs(30), 5).await;
+    let first = Batch::new(vec![stamped("p", 1, "replicated")]);
+    let a = t.publish(&name, &first).await.unwrap();
+    assert!(a[0].as_ref().is_ok_and(|p| !p.duplicate), "{a:?}");
+
+    // SAFETY: signals to a child process this test started.
+    assert_eq!(unsafe { libc::kill(replica.pid(), libc::SIGSTOP) }, 0);
+    let second = Batch::new(vec![stamped("p", 2, "waits")]);
+    let started = Instant::now();
+    let e = t.publish(&name, &second).await.unwrap_err();
+    assert!(started.elapsed() >= wait, "{:?}", started.elapsed());
+    assert_eq!(
+        (e.kind, e.outcome, e.code.as_deref()),
+        (
+            ErrorKind::TimedOut,
+            Outcome::Unknown,
+            Some("not_replicated")
+        ),
+        "{e}"
+    );
+    assert_eq!(unsafe { libc::kill(replica.pid(), libc::SIGCONT) }, 0);
+    let again = t.publish(&name, &second).await.unwrap();
+    assert!(
+        again[0].as_ref().is_ok_and(|p| p.duplicate),
+        "the retry finds the entry stored on the primary: {again:?}"
+    );
+    let replica_t = RedisTransport::connect(&replica.url(), options())
+        .await
+        .unwrap();
+    assert_eq!(
+        xlen(&replica_t, &t.keys(&name).unwrap().stream).await,
+        2,
+        "the replica has both"
+    );
 }
 
 #[tokio::test]
