@@ -12,6 +12,11 @@ use redis::Script;
 /// Answers `{"topic_not_found"}`, or per message `{status, detail}`: `new` + entry id,
 /// `dup` + the original's entry id, `too_large` + the limit, `too_old` + the newest
 /// sequence remembered.
+///
+/// A producer's highest remembered sequence is read once per batch and kept up to date
+/// in the script: a sequence above it (every fresh publish) cannot be a duplicate, so
+/// it costs the XADD and the ZADD only; the lookup runs for sequences at or below it (a
+/// retry). Each record is trimmed to the window once, at the end.
 pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -19,6 +24,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return {'topic_not_found'} end
 local max_bytes = tonumber(redis.call('HGET', KEYS[2], 'max_message_bytes') or '0') or 0
 local window = tonumber(ARGV[1])
 local out = {}
+local top, top_text, touched = {}, {}, {}
 local i = 3
 for m = 1, tonumber(ARGV[2]) do
   local dk = KEYS[tonumber(ARGV[i])]
@@ -31,23 +37,32 @@ for m = 1, tonumber(ARGV[2]) do
   if max_bytes > 0 and size > max_bytes then
     out[m] = {'too_large', tostring(max_bytes)}
   else
-    local hit = redis.call('ZRANGE', dk, seq, seq, 'BYSCORE', 'LIMIT', 0, 1)
+    if top[dk] == nil then
+      local r = redis.call('ZRANGE', dk, 0, 0, 'REV', 'WITHSCORES')
+      if #r > 0 then top[dk] = tonumber(r[2]); top_text[dk] = r[2] else top[dk] = false end
+    end
+    local t = top[dk]
+    local hit = {}
+    if t and seq <= t then
+      hit = redis.call('ZRANGE', dk, seq, seq, 'BYSCORE', 'LIMIT', 0, 1)
+    end
     if #hit > 0 then
       local sp = string.find(hit[1], ' ', 1, true)
       out[m] = {'dup', string.sub(hit[1], sp + 1)}
+    elseif t and seq <= t - window then
+      out[m] = {'too_old', top_text[dk]}
     else
-      local top = redis.call('ZRANGE', dk, 0, 0, 'REV', 'WITHSCORES')
-      if #top > 0 and seq <= tonumber(top[2]) - window then
-        out[m] = {'too_old', top[2]}
-      else
-        local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, first + n - 1))
-        redis.call('ZADD', dk, seq, seq_text .. ' ' .. id)
-        local card = redis.call('ZCARD', dk)
-        if card > window then redis.call('ZREMRANGEBYRANK', dk, 0, card - window - 1) end
-        out[m] = {'new', id}
-      end
+      local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, first + n - 1))
+      redis.call('ZADD', dk, seq, seq_text .. ' ' .. id)
+      if not t or seq > t then top[dk] = seq; top_text[dk] = seq_text end
+      if not touched[dk] then touched[dk] = true; touched[#touched + 1] = dk end
+      out[m] = {'new', id}
     end
   end
+end
+for _, dk in ipairs(touched) do
+  local card = redis.call('ZCARD', dk)
+  if card > window then redis.call('ZREMRANGEBYRANK', dk, 0, card - window - 1) end
 end
 return out
 "#,
@@ -72,20 +87,57 @@ pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
 
 /// Ack many: the owner check and XACK for each (id, consumer, count) triple after the
 /// group in ARGV. KEYS: stream. Answers one 1 / 0 / -1 per triple, in order.
+///
+/// The common batch — one session's receipts, so one consumer — is checked with one
+/// XPENDING over the batch's id range for that consumer (its pending entries there are
+/// at most its credit window) and acked with one XACK per 1 000 ids. A receipt that
+/// range does not show (another consumer's now, settled before, or past a truncated
+/// answer) gets the entry's own XPENDING, as does every receipt of a mixed batch.
 pub(crate) static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local out = {}
+local function id_less(a, b)
+  local da, db = string.find(a, '-', 1, true), string.find(b, '-', 1, true)
+  local ma, mb = tonumber(string.sub(a, 1, da - 1)), tonumber(string.sub(b, 1, db - 1))
+  if ma ~= mb then return ma < mb end
+  return tonumber(string.sub(a, da + 1)) < tonumber(string.sub(b, db + 1))
+end
+local group = ARGV[1]
+local consumer = ARGV[3]
+local lo, hi = ARGV[2], ARGV[2]
+local n = 0
 for i = 2, #ARGV, 3 do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p == 0 then
-    out[#out + 1] = 0
-  elseif p[1][2] ~= ARGV[i + 1] or tostring(p[1][4]) ~= ARGV[i + 2] then
-    out[#out + 1] = -1
-  else
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    out[#out + 1] = 1
+  n = n + 1
+  if ARGV[i + 1] ~= consumer then consumer = nil end
+  if id_less(ARGV[i], lo) then lo = ARGV[i] end
+  if id_less(hi, ARGV[i]) then hi = ARGV[i] end
+end
+local held = {}
+if consumer and n > 1 then
+  local limit = n + 1000
+  for _, p in ipairs(redis.call('XPENDING', KEYS[1], group, lo, hi, limit, consumer)) do
+    held[p[1]] = tostring(p[4])
   end
+end
+local out, ack, acked = {}, {}, {}
+for i = 2, #ARGV, 3 do
+  local id, who, count = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local verdict
+  if acked[id] then
+    verdict = 0 -- the same receipt twice in one batch: settled by the first
+  elseif held[id] ~= nil and held[id] == count then
+    verdict = 1
+  else
+    local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
+    if #p == 0 then verdict = 0
+    elseif p[1][2] ~= who or tostring(p[1][4]) ~= count then verdict = -1
+    else verdict = 1 end
+  end
+  if verdict == 1 then ack[#ack + 1] = id; acked[id] = true end
+  out[#out + 1] = verdict
+end
+for s = 1, #ack, 1000 do
+  redis.call('XACK', KEYS[1], group, unpack(ack, s, math.min(s + 999, #ack)))
 end
 return out
 "#,

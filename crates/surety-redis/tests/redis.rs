@@ -269,6 +269,93 @@ async fn a_late_ack_of_a_reclaimed_entry_is_refused_stale() {
     assert_eq!((info.groups[0].lag, info.groups[0].in_flight), (0, 0));
 }
 
+/// One ack batch holding every case the batch script tells apart: held (applied), acked
+/// before (already settled), reclaimed by another session (stale), and the same
+/// receipt twice (applied once, then already settled).
+#[tokio::test]
+async fn a_batch_ack_answers_each_receipt_on_its_own() {
+    let Some(t) = machine().await else { return };
+    let lease = Duration::from_millis(400);
+    let name = topic(&t, lease, 5).await;
+    let batch: Vec<_> = (1..=3).map(|s| stamped("p", s, &format!("m{s}"))).collect();
+    t.publish(&name, &Batch::new(batch)).await.unwrap();
+    let mut a = session(&t, &name, "g", lease).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(deliveries(&mut a, Duration::from_secs(5)).await);
+    }
+    got.sort_by_key(|d| d.sequence);
+    let [one, two, three] = [&got[0], &got[1], &got[2]];
+    a.settle(1, Settle::Ack(vec![one.receipt.clone()]));
+    assert_eq!(settled(&mut a, 1).await, vec![SettleOutcome::Applied]);
+    // A overruns its lease on `two` and `three`; B reclaims both and acks `three`.
+    a.drain();
+    let mut b = session(&t, &name, "g", lease).await;
+    let mut reclaimed = Vec::new();
+    while reclaimed.len() < 2 {
+        reclaimed.extend(deliveries(&mut b, Duration::from_secs(5)).await);
+    }
+    let three_b = reclaimed.iter().find(|d| d.sequence == Some(3)).unwrap();
+    let two_b = reclaimed.iter().find(|d| d.sequence == Some(2)).unwrap();
+    // A's late batch for both: B holds them now, so each is refused as stale.
+    a.settle(
+        2,
+        Settle::Ack(vec![two.receipt.clone(), three.receipt.clone()]),
+    );
+    let late = settled(&mut a, 2).await;
+    assert!(
+        late.len() == 2
+            && late
+                .iter()
+                .all(|o| matches!(o, SettleOutcome::Refused(e) if e.kind == ErrorKind::Stale)),
+        "{late:?}"
+    );
+    b.settle(1, Settle::Ack(vec![three_b.receipt.clone()]));
+    assert_eq!(settled(&mut b, 1).await, vec![SettleOutcome::Applied]);
+    // B's batch: `two` (held), `one` by A's old receipt (acked before), `two` again, and
+    // `three` by A's old receipt (B acked it; gone from the PEL: acked before).
+    b.settle(
+        2,
+        Settle::Ack(vec![
+            two_b.receipt.clone(),
+            one.receipt.clone(),
+            two_b.receipt.clone(),
+            three.receipt.clone(),
+        ]),
+    );
+    assert_eq!(
+        settled(&mut b, 2).await,
+        vec![
+            SettleOutcome::Applied,
+            SettleOutcome::AlreadySettled,
+            SettleOutcome::AlreadySettled,
+            SettleOutcome::AlreadySettled,
+        ]
+    );
+    let info = t.describe_topic(&name).await.unwrap();
+    assert_eq!((info.groups[0].lag, info.groups[0].in_flight), (0, 0));
+    // A mixed batch (A's stale receipt of `two`, with a receipt of B's): stale is refused.
+    t.publish(&name, &Batch::new(vec![stamped("p", 4, "m4")]))
+        .await
+        .unwrap();
+    let four = deliveries(&mut b, Duration::from_secs(5)).await;
+    assert_eq!(four.len(), 1);
+    a.settle(3, Settle::Ack(vec![two.receipt.clone()]));
+    assert_eq!(
+        settled(&mut a, 3).await,
+        vec![SettleOutcome::AlreadySettled],
+        "acked by B: not pending any more"
+    );
+    b.settle(
+        3,
+        Settle::Ack(vec![four[0].receipt.clone(), two.receipt.clone()]),
+    );
+    assert_eq!(
+        settled(&mut b, 3).await,
+        vec![SettleOutcome::Applied, SettleOutcome::AlreadySettled]
+    );
+}
+
 #[tokio::test]
 async fn a_nack_comes_back_after_its_delay_not_at_once() {
     let Some(t) = machine().await else { return };
