@@ -212,49 +212,13 @@ fn ledger_is_kept_in_its_file(url: &str, topic: &str) {
     );
 }
 
-/// The NATS server's URL, or `None` (after saying why) when none answers outside CI.
-fn nats_url() -> Option<String> {
-    let url = std::env::var("SURETY_TEST_NATS_URL")
-        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+/// The URL in `env` (else `default`) if something listens at its host and port, or
+/// `None` (after saying why) when nothing does outside CI; under `CI=true` that fails.
+fn service_url(env: &str, default: &str, what: &str) -> Option<String> {
+    let url = std::env::var(env).unwrap_or_else(|_| default.to_owned());
     let addr = url
-        .trim_start_matches("nats://")
-        .split(['/', '?'])
-        .next()
-        .unwrap()
-        .to_owned();
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&addr.as_str())
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    if reachable {
-        return Some(url);
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "no NATS server at {url} (CI=true: .ci/run starts one)"
-    );
-    eprintln!("skipped: no NATS server at {url} (set SURETY_TEST_NATS_URL)");
-    None
-}
-
-#[test]
-fn nats_keeps_the_cli_contract() {
-    let Some(url) = nats_url() else { return };
-    // Streams outlive a run: a fresh topic name each time.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    contract(&url, &format!("contract{nanos}"));
-    ledger_is_kept_in_its_file(&url, &format!("ledger{nanos}"));
-}
-
-/// The Redis server's URL, or `None` (after saying why) when none answers outside CI.
-fn redis_url() -> Option<String> {
-    let url = std::env::var("SURETY_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let addr = url
-        .trim_start_matches("redis://")
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
         .rsplit('@')
         .next()
         .unwrap()
@@ -271,10 +235,34 @@ fn redis_url() -> Option<String> {
     }
     assert!(
         std::env::var("CI").is_err(),
-        "no Redis at {url} (CI=true: .ci/run starts one)"
+        "no {what} at {url} (CI=true: .ci/run starts one)"
     );
-    eprintln!("skipped: no Redis at {url} (set SURETY_TEST_REDIS_URL)");
+    eprintln!("skipped: no {what} at {url} (set {env})");
     None
+}
+
+fn nats_url() -> Option<String> {
+    service_url(
+        "SURETY_TEST_NATS_URL",
+        "nats://127.0.0.1:4222",
+        "NATS server",
+    )
+}
+
+#[test]
+fn nats_keeps_the_cli_contract() {
+    let Some(url) = nats_url() else { return };
+    // Streams outlive a run: a fresh topic name each time.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    contract(&url, &format!("contract{nanos}"));
+    ledger_is_kept_in_its_file(&url, &format!("ledger{nanos}"));
+}
+
+fn redis_url() -> Option<String> {
+    service_url("SURETY_TEST_REDIS_URL", "redis://127.0.0.1:6379", "Redis")
 }
 
 #[test]
