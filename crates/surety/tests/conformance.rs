@@ -24,6 +24,8 @@ mod grpc;
 mod in_process;
 #[path = "conformance/nats.rs"]
 mod nats;
+#[path = "conformance/rabbitmq.rs"]
+mod rabbitmq;
 #[path = "conformance/redis.rs"]
 mod redis;
 
@@ -32,13 +34,15 @@ use std::sync::Arc;
 use surety_conformance::{Backend, BoxFuture};
 use surety_core::Transport;
 
-/// A child consumer connects to its fixture's endpoint: a NATS or Redis URL, or a
+/// A child consumer connects to its fixture's endpoint: a NATS, Redis or AMQP URL, or a
 /// Surety server's.
 fn connect_endpoint(endpoint: String) -> BoxFuture<'static, Arc<dyn Transport>> {
     if endpoint.starts_with("nats://") {
         nats::connect_endpoint(endpoint)
     } else if endpoint.starts_with("redis://") {
         redis::connect_endpoint(endpoint)
+    } else if endpoint.starts_with("amqp://") {
+        rabbitmq::connect_endpoint(endpoint)
     } else {
         grpc::connect_endpoint(endpoint)
     }
@@ -71,6 +75,15 @@ fn main() {
         panic!("CI=true and no redis-server: the Redis conformance trials cannot run");
     } else {
         eprintln!("SKIPPED redis::*: no redis-server on this machine");
+    }
+    if rabbitmq::available().is_some() {
+        backends.push(Backend::new("rabbitmq", rabbitmq::start));
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI=true and no RabbitMQ at 127.0.0.1:5672: the RabbitMQ conformance trials cannot run"
+        );
+    } else {
+        eprintln!("SKIPPED rabbitmq::*: no RabbitMQ at 127.0.0.1:5672 (set SURETY_TEST_AMQP_URL)");
     }
     surety_conformance::run(backends);
 }

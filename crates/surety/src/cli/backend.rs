@@ -22,15 +22,13 @@ pub enum Backend {
     Nats(Url),
     /// Redis Streams (`redis://`, `rediss://`).
     Redis(Url),
+    /// RabbitMQ (`amqp://`, `amqps://`).
+    Rabbit(Url),
 }
 
 /// Brokers named in the design whose backend is not built yet, and the issue that
 /// builds it: a clear refusal beats "unknown scheme".
-const PLANNED: &[(&str, &str)] = &[
-    ("amqp", "RabbitMQ (issue 14)"),
-    ("amqps", "RabbitMQ (issue 14)"),
-    ("kafka", "Kafka (issue 15)"),
-];
+const PLANNED: &[(&str, &str)] = &[("kafka", "Kafka (issue 15)")];
 
 impl Backend {
     /// Reads `--backend`: a URL whose scheme names the broker; no scheme means a Surety
@@ -60,17 +58,26 @@ impl Backend {
                         "--backend {text:?} is not a Redis address (example: redis://127.0.0.1:6379)"
                     ))
                 }),
+            "amqp" | "amqps" => Url::parse(s)
+                .ok()
+                .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
+                .map(Backend::Rabbit)
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--backend {text:?} is not a RabbitMQ address (example: amqp://guest:guest@127.0.0.1:5672/%2f)"
+                    ))
+                }),
             other => Err(CliError::Usage(
                 match PLANNED.iter().find(|(s, _)| *s == other) {
                     Some((_, what)) => format!(
                         "--backend {text:?}: the {what} backend is not built yet; \
-                         use a Surety server (http://HOST:PORT), NATS (nats://HOST:PORT) \
-                         or Redis (redis://HOST:PORT)"
+                         use a Surety server (http://HOST:PORT), NATS (nats://HOST:PORT), \
+                         Redis (redis://HOST:PORT) or RabbitMQ (amqp://HOST:PORT)"
                     ),
                     None => format!(
                         "--backend {text:?}: unknown scheme {other:?} \
                          (use http://HOST:PORT for a Surety server, nats://HOST:PORT for NATS, \
-                         redis://HOST:PORT for Redis)"
+                         redis://HOST:PORT for Redis, amqp://HOST:PORT for RabbitMQ)"
                     ),
                 },
             )),
@@ -83,13 +90,14 @@ impl Backend {
             Backend::Surety(_) => "Surety server",
             Backend::Nats(_) => "NATS",
             Backend::Redis(_) => "Redis",
+            Backend::Rabbit(_) => "RabbitMQ",
         }
     }
 
     /// The address as given to the broker's client library.
     pub fn url(&self) -> &Url {
         match self {
-            Backend::Surety(u) | Backend::Nats(u) | Backend::Redis(u) => u,
+            Backend::Surety(u) | Backend::Nats(u) | Backend::Redis(u) | Backend::Rabbit(u) => u,
         }
     }
 
@@ -158,6 +166,16 @@ impl Backend {
                     );
                 }
                 Ok(Arc::new(redis))
+            }
+            Backend::Rabbit(url) => {
+                // Every queue Surety declares is a quorum queue: its confirms come after a
+                // quorum fsynced, so require_fsync is always met and nothing is printed.
+                let options = surety_rabbitmq::RabbitOptions::from_url_query(url)
+                    .map_err(|e| CliError::Usage(format!("--backend {url}: {}", e.message)))?;
+                let rabbit = surety_rabbitmq::RabbitTransport::connect(url.as_str(), options)
+                    .await
+                    .map_err(|e| seam_error(self, e))?;
+                Ok(Arc::new(rabbit))
             }
         }
     }
@@ -236,7 +254,11 @@ mod tests {
             Ok(Backend::Redis(_))
         ));
         assert!(refused("redis://").contains("not a Redis address"));
-        assert!(refused("amqp://r:5672").contains("issue 14"));
+        assert!(matches!(
+            Backend::parse("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            Ok(Backend::Rabbit(u)) if u.port() == Some(5672)
+        ));
+        assert!(refused("amqp://").contains("not a RabbitMQ address"));
         assert!(refused("kafka://k:9092").contains("Kafka"));
         assert!(refused("ftp://x").contains("unknown scheme"));
         assert!(refused("nats://").contains("not a NATS address"));
