@@ -79,7 +79,25 @@ impl Management {
         })
     }
 
+    /// A GET, tried again after a server error: the API answers 500 now and then while
+    /// queues and exchanges are being declared beside it.
     async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, TransportError> {
+        let mut tries = 0;
+        loop {
+            match self.get_once(path).await {
+                Err(e) if e.retryable() && tries < 4 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50 << tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_once<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
     ) -> Result<Option<T>, TransportError> {
