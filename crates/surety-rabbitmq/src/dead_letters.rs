@@ -125,17 +125,14 @@ async fn scan(
 fn decode(d: &lapin::message::Delivery, group: &str) -> DeadLetter {
     let h = headers::decode(&d.properties);
     let sequence = h.layer_u64(wire::SEQUENCE);
-    let id = h
-        .layer
-        .get(DEAD_LETTER_ID)
-        .cloned()
-        .or_else(|| {
-            d.properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.as_str().to_owned())
-        })
-        .unwrap_or_else(|| format!("tag-{}", d.delivery_tag));
+    let id = h.layer.get(DEAD_LETTER_ID).cloned().unwrap_or_else(|| {
+        let mid = d
+            .properties
+            .message_id()
+            .as_ref()
+            .map_or("", |m| m.as_str());
+        headers::dead_letter_id_of(mid).to_string()
+    });
     let reason = h.layer.get(wire::REASON).cloned().unwrap_or_else(|| match &h.broker_death {
         Some(why) => format!("dead-lettered by RabbitMQ ({why}: its x-delivery-limit, or a consumer outside Surety)"),
         None => "dead-lettered outside Surety".to_owned(),

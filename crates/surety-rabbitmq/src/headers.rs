@@ -14,8 +14,38 @@ use surety_core::{ErrorKind, Headers, StampedMessage, TransportError, wire};
 /// Deliveries of the message's current life before this copy was made (a retry copy's;
 /// absent on a first copy and on a resend): the count a delivery starts from.
 pub const DELIVERIES: &str = "surety.deliveries";
-/// The id of a dead letter, unique in its queue.
+/// The id of a dead letter, unique in its queue: a number, as on every backend (the
+/// CLI's `dlq show ID`), below 2^53 so that JSON tools keep it exact.
 pub const DEAD_LETTER_ID: &str = "surety.dl-id";
+
+const ID_MASK: u64 = (1 << 53) - 1;
+
+/// A new dead-letter id: the time, the process and a counter, mixed (ids need only be
+/// unique, not ordered: a page is in queue order).
+pub fn new_dead_letter_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix(nanos
+        ^ (u64::from(std::process::id()) << 40)
+        ^ N.fetch_add(1, Ordering::Relaxed).rotate_left(20))
+}
+
+/// The id of a dead letter RabbitMQ made itself (no Surety id): its message id, hashed.
+pub fn dead_letter_id_of(message_id: &str) -> u64 {
+    mix(message_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }))
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) & ID_MASK
+}
 /// The broker's count of a quorum queue message's earlier failed deliveries.
 pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 
@@ -30,6 +60,7 @@ fn broker_header(name: &str) -> bool {
         || name.starts_with("x-last-death-")
         || name == X_DELIVERY_COUNT
         || name == "x-acquired-count"
+        || name == "x-stream-offset"
 }
 
 /// The properties of a stamped message published at `now_ms`.

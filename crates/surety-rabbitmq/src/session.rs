@@ -274,14 +274,7 @@ impl Settler {
             (wire::REASON, clip(reason)),
             (wire::DEAD_LETTERED, now.to_string()),
             (wire::FOR_GROUP, self.group.group.clone()),
-            (
-                DEAD_LETTER_ID,
-                format!(
-                    "{now}-{}-{}",
-                    std::process::id(),
-                    SESSIONS.fetch_add(1, Ordering::Relaxed)
-                ),
-            ),
+            (DEAD_LETTER_ID, headers::new_dead_letter_id().to_string()),
         ]);
         let props = headers::copy_with(&held.properties, &set, &[DELIVERIES]);
         let copied = self

@@ -474,7 +474,8 @@ async fn copy_history(
                             ..Default::default()
                         },
                         &d.data,
-                        d.properties.clone(),
+                        // Without the stream's own headers (x-stream-offset).
+                        crate::headers::copy_with(&d.properties, &[], &[]),
                     ),
                     Outcome::Unknown,
                 )
