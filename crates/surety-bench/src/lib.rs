@@ -10,6 +10,7 @@ mod nats;
 mod outbox;
 mod peer;
 mod progress;
+mod rabbitmq;
 mod redis_streams;
 mod report;
 mod restart;
@@ -79,6 +80,10 @@ enum Which {
     /// it, the same workload on a nats-server with sync_interval always, and the ratios
     #[command(long_about = nats::LONG_ABOUT, after_help = nats::AFTER_HELP)]
     Nats(nats::NatsArgs),
+    /// What the Surety layer costs on RabbitMQ: plain lapin (confirms, quorum queue,
+    /// manual acks) and Surety over it, throughput and p99 ratios
+    #[command(long_about = rabbitmq::LONG_ABOUT, after_help = rabbitmq::AFTER_HELP)]
+    Rabbitmq(rabbitmq::RabbitArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -92,6 +97,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Redis(args) => redis_streams::run(args),
         Which::Restart(args) => restart::run(args),
         Which::Nats(args) => nats::run(args),
+        Which::Rabbitmq(args) => rabbitmq::run(args),
     }
 }
 

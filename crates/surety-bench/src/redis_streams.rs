@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use surety_core::{Consumer, Delivery, Message, Producer, Transport};
+use surety_core::{Consumer, Delivery, Message, Producer, StopHandle, Transport};
 use surety_redis::{RedisOptions, RedisTransport};
 
 use super::peer::{RedisServer, redis_flags_display, redis_version};
@@ -79,12 +79,12 @@ pub struct RedisArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct Figures {
-    target: &'static str,
-    msgs_per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
-    consumed: u64,
+pub(super) struct Figures {
+    pub target: &'static str,
+    pub msgs_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub consumed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,15 +156,15 @@ pub fn run(args: RedisArgs) -> Result<()> {
 }
 
 /// The shared state of one target's run.
-struct Shared {
+pub(super) struct Shared {
+    pub stop: AtomicBool,
     measuring: AtomicBool,
-    stop: AtomicBool,
     consumed: AtomicU64,
     latency: std::sync::Mutex<Histogram<u64>>,
 }
 
 impl Shared {
-    fn record(&self, payload: &[u8]) {
+    pub(super) fn record(&self, payload: &[u8]) {
         if !self.measuring.load(Ordering::Relaxed) {
             return;
         }
@@ -185,7 +185,7 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-fn stamped_payload() -> Vec<u8> {
+pub(super) fn stamped_payload() -> Vec<u8> {
     let mut p = super::payload(PAYLOAD_BYTES);
     p[..8].copy_from_slice(&now_us().to_le_bytes());
     p
@@ -198,14 +198,7 @@ async fn measure(
     args: &RedisArgs,
     window: Duration,
 ) -> Result<Figures> {
-    let shared = Arc::new(Shared {
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        consumed: AtomicU64::new(0),
-        latency: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-    });
-    let mut tasks = Vec::new();
-    let stream = if target == "plain" {
+    if target == "plain" {
         let mut c = client.get_multiplexed_async_connection().await?;
         redis::cmd("XGROUP")
             .arg("CREATE")
@@ -215,66 +208,116 @@ async fn measure(
             .arg("MKSTREAM")
             .query_async::<()>(&mut c)
             .await?;
-        for i in 0..args.consumers {
-            tasks.push(tokio::spawn(plain_consumer(
-                client.clone(),
-                format!("c{i}"),
-                shared.clone(),
-            )));
-        }
-        for _ in 0..args.producers {
-            tasks.push(tokio::spawn(plain_producer(
-                client.clone(),
-                args.batch,
-                shared.clone(),
-            )));
-        }
-        None
-    } else {
-        let t: Arc<dyn Transport> = Arc::new(
-            RedisTransport::connect(url, RedisOptions::default())
-                .await
-                .context("connecting surety-redis")?,
-        );
-        t.create_topic(TOPIC, &surety_core::TopicSpec::default())
+        return closed_loop(target, window, |shared| {
+            let mut tasks = Vec::new();
+            for i in 0..args.consumers {
+                tasks.push(tokio::spawn(plain_consumer(
+                    client.clone(),
+                    format!("c{i}"),
+                    shared.clone(),
+                )));
+            }
+            for _ in 0..args.producers {
+                tasks.push(tokio::spawn(plain_producer(
+                    client.clone(),
+                    args.batch,
+                    shared.clone(),
+                )));
+            }
+            (tasks, Vec::new())
+        })
+        .await;
+    }
+    let t: Arc<dyn Transport> = Arc::new(
+        RedisTransport::connect(url, RedisOptions::default())
             .await
-            .context("creating the topic")?;
-        let mut stops = Vec::new();
-        for _ in 0..args.consumers {
-            let shared = shared.clone();
-            let builder = Consumer::builder_shared(t.clone(), TOPIC, GROUP).max_in_flight(64);
-            stops.push(builder.stop_handle());
-            tasks.push(tokio::spawn(async move {
-                builder
-                    .run(move |d: Delivery| {
-                        let shared = shared.clone();
-                        async move {
-                            shared.record(&d.payload);
-                            Ok::<(), String>(())
-                        }
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| anyhow::anyhow!("consumer: {e:?}"))
-            }));
-        }
-        for _ in 0..args.producers {
-            let (t, shared, batch) = (t.clone(), shared.clone(), args.batch);
-            tasks.push(tokio::spawn(async move {
-                let p = Producer::builder_shared(t).build();
-                while !shared.stop.load(Ordering::Relaxed) {
-                    let messages = (0..batch)
-                        .map(|_| Message::new(stamped_payload()))
-                        .collect();
-                    p.publish_batch(TOPIC, messages)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("publish: {e:?}"))?;
-                }
-                Ok(())
-            }));
-        }
-        Some(stops)
+            .context("connecting surety-redis")?,
+    );
+    t.create_topic(TOPIC, &surety_core::TopicSpec::default())
+        .await
+        .context("creating the topic")?;
+    let load = Load {
+        producers: args.producers,
+        batch: args.batch,
+        consumers: args.consumers,
     };
+    closed_loop(target, window, |shared| {
+        spawn_surety(&t, TOPIC, GROUP, load, shared)
+    })
+    .await
+}
+
+/// The shape of a closed-loop workload.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Load {
+    pub producers: usize,
+    pub batch: usize,
+    pub consumers: usize,
+}
+
+pub(super) type Tasks = Vec<tokio::task::JoinHandle<Result<()>>>;
+
+/// Surety's `Producer`s (`publish_batch` in a loop) and `Consumer`s (64 in flight each)
+/// on any transport: the Surety side of every backend's cost benchmark.
+pub(super) fn spawn_surety(
+    t: &Arc<dyn Transport>,
+    topic: &'static str,
+    group: &'static str,
+    load: Load,
+    shared: Arc<Shared>,
+) -> (Tasks, Vec<StopHandle>) {
+    let mut tasks: Tasks = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..load.consumers {
+        let shared = shared.clone();
+        let builder = Consumer::builder_shared(t.clone(), topic, group).max_in_flight(64);
+        stops.push(builder.stop_handle());
+        tasks.push(tokio::spawn(async move {
+            builder
+                .run(move |d: Delivery| {
+                    let shared = shared.clone();
+                    async move {
+                        shared.record(&d.payload);
+                        Ok::<(), String>(())
+                    }
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("consumer: {e:?}"))
+        }));
+    }
+    for _ in 0..load.producers {
+        let (t, shared, batch) = (t.clone(), shared.clone(), load.batch);
+        tasks.push(tokio::spawn(async move {
+            let p = Producer::builder_shared(t).build();
+            while !shared.stop.load(Ordering::Relaxed) {
+                let messages = (0..batch)
+                    .map(|_| Message::new(stamped_payload()))
+                    .collect();
+                p.publish_batch(topic, messages)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("publish: {e:?}"))?;
+            }
+            Ok(())
+        }));
+    }
+    (tasks, stops)
+}
+
+/// Runs a workload `start` spawns: a warm-up of a fifth of `window`, then `window`
+/// measured, then stop; the figures of what the consumers recorded meanwhile.
+pub(super) async fn closed_loop(
+    target: &'static str,
+    window: Duration,
+    start: impl FnOnce(Arc<Shared>) -> (Tasks, Vec<StopHandle>),
+) -> Result<Figures> {
+    let shared = Arc::new(Shared {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        consumed: AtomicU64::new(0),
+        latency: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+    });
+    let (tasks, stops) = start(shared.clone());
     tokio::time::sleep(window / 5).await;
     shared.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
@@ -282,7 +325,7 @@ async fn measure(
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     shared.stop.store(true, Ordering::Relaxed);
-    for s in stream.into_iter().flatten() {
+    for s in stops {
         s.stop();
     }
     for t in tasks {
