@@ -22,11 +22,12 @@ use surety_core::Transport;
 use surety_rabbitmq::{RabbitOptions, RabbitTransport};
 
 use super::redis_streams::{
-    Figures, Load, Shared, Tasks, closed_loop, spawn_surety, stamped_payload,
+    Figures, Load, Shared, Tasks, closed_loop, cost_summary, cost_table, spawn_surety,
+    stamped_payload,
 };
 use super::report::{MachineInfo, Provenance};
-use super::table::{Align, Table};
-use super::{OutputArgs, fmt_secs, fmt_us, group_thousands, parse_positive, parse_seconds};
+use super::table::Table;
+use super::{OutputArgs, fmt_secs, parse_positive, parse_seconds};
 
 const PAYLOAD_BYTES: usize = 1024;
 const SECTION: &str = "rabbitmq";
@@ -284,35 +285,15 @@ async fn plain_consumer(ch: lapin::Channel, queue: String, shared: Arc<Shared>) 
 }
 
 fn table(r: &RabbitBenchResult) -> Table {
-    let mut t = Table::new(&[
-        ("target", Align::Left),
-        ("msgs/s", Align::Right),
-        ("p50 end to end", Align::Right),
-        ("p99 end to end", Align::Right),
-    ]);
-    for f in [&r.plain, &r.surety] {
-        t.row(vec![
-            f.target.to_owned(),
-            group_thousands(f.msgs_per_sec),
-            fmt_us(f.p50_us),
-            fmt_us(f.p99_us),
-        ]);
-    }
-    t
+    cost_table(&r.plain, &r.surety)
 }
 
 fn summary(r: &RabbitBenchResult) -> String {
-    format!(
-        "Surety / plain: throughput {:.0} % (goal ≥ {:.0} %), p99 {:.2}x (goal ≤ {:.2}x): {}.",
-        r.throughput_ratio * 100.0,
-        THROUGHPUT_TARGET * 100.0,
+    cost_summary(
+        r.throughput_ratio,
         r.p99_ratio,
+        THROUGHPUT_TARGET,
         P99_TARGET,
-        if r.meets_goal {
-            "meets the goal"
-        } else {
-            "misses the goal"
-        }
     )
 }
 

@@ -404,13 +404,18 @@ async fn plain_consumer(client: redis::Client, name: String, shared: Arc<Shared>
 }
 
 fn table(r: &RedisBenchResult) -> Table {
+    cost_table(&r.plain, &r.surety)
+}
+
+/// Plain and Surety side by side: what every backend's cost benchmark prints.
+pub(super) fn cost_table(plain: &Figures, surety: &Figures) -> Table {
     let mut t = Table::new(&[
         ("target", Align::Left),
         ("msgs/s", Align::Right),
         ("p50 end to end", Align::Right),
         ("p99 end to end", Align::Right),
     ]);
-    for f in [&r.plain, &r.surety] {
+    for f in [plain, surety] {
         t.row(vec![
             f.target.to_owned(),
             group_thousands(f.msgs_per_sec),
@@ -422,13 +427,29 @@ fn table(r: &RedisBenchResult) -> Table {
 }
 
 fn summary(r: &RedisBenchResult) -> String {
+    cost_summary(
+        r.throughput_ratio,
+        r.p99_ratio,
+        THROUGHPUT_TARGET,
+        P99_TARGET,
+    )
+}
+
+/// The ratios Surety / plain against an issue's goal, in one sentence.
+pub(super) fn cost_summary(
+    throughput: f64,
+    p99: f64,
+    throughput_goal: f64,
+    p99_goal: f64,
+) -> String {
+    let meets = throughput >= throughput_goal && p99 <= p99_goal;
     format!(
         "Surety / plain: throughput {:.0} % (goal ≥ {:.0} %), p99 {:.2}x (goal ≤ {:.2}x): {}.",
-        r.throughput_ratio * 100.0,
-        THROUGHPUT_TARGET * 100.0,
-        r.p99_ratio,
-        P99_TARGET,
-        if r.meets_goal {
+        throughput * 100.0,
+        throughput_goal * 100.0,
+        p99,
+        p99_goal,
+        if meets {
             "meets the goal"
         } else {
             "misses the goal"

@@ -65,7 +65,8 @@ pub(crate) async fn subscribe(
     topology::ensure_group(&inner, &topic, &group, &settings).await?;
     let consume = inner.conn.channel().await?;
     let copies = inner.conn.confirm_channel().await?;
-    let session = SessionId::next();
+    // Unique in this process; receipts never cross processes (a channel is local).
+    let session = SESSIONS.fetch_add(1, Ordering::Relaxed);
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (events_tx, events) = mpsc::unbounded_channel();
     let local = inner.local_group(&group.queue);
@@ -96,15 +97,6 @@ pub(crate) async fn subscribe(
         events,
         ended: None,
     }))
-}
-
-struct SessionId;
-
-impl SessionId {
-    fn next() -> u64 {
-        // Unique in this process; receipts never cross processes (a channel is local).
-        SESSIONS.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 enum Command {

@@ -164,18 +164,15 @@ pub(crate) async fn declare_topic(
 ) -> Result<TopicSettings, TransportError> {
     let mut want = wanted(inner, spec)?;
     if let Some(have) = read_settings(inner, names).await? {
-        let differs = |asked: bool, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-            asked && format!("{a:?}") != format!("{b:?}")
-        };
+        // A setting the spec names must match; one it leaves out keeps what exists.
+        let differs = |named: bool, equal: bool| named && !equal;
         if differs(
             spec.max_deliveries.is_some(),
-            &want.max_deliveries,
-            &have.max_deliveries,
-        ) || differs(spec.ack_wait.is_some(), &want.ack_wait, &have.ack_wait)
+            want.max_deliveries == have.max_deliveries,
+        ) || differs(spec.ack_wait.is_some(), want.ack_wait == have.ack_wait)
             || differs(
                 spec.max_message_bytes.is_some(),
-                &want.max_message_bytes,
-                &have.max_message_bytes,
+                want.max_message_bytes == have.max_message_bytes,
             )
         {
             return Err(TransportError::refused(

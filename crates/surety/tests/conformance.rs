@@ -29,9 +29,10 @@ mod rabbitmq;
 #[path = "conformance/redis.rs"]
 mod redis;
 
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use surety_conformance::{Backend, BoxFuture};
+use surety_conformance::{Backend, BoxFuture, ChildConsumer, ChildRelay, Unsupported};
 use surety_core::Transport;
 
 /// A child consumer connects to its fixture's endpoint: a NATS, Redis or AMQP URL, or a
@@ -46,6 +47,32 @@ fn connect_endpoint(endpoint: String) -> BoxFuture<'static, Arc<dyn Transport>> 
     } else {
         grpc::connect_endpoint(endpoint)
     }
+}
+
+/// A child consumer of the fixture at `endpoint`: this test binary, re-executed.
+fn spawn_consumer(spec: &ChildConsumer, endpoint: &str) -> Result<Child, Unsupported> {
+    let exe = std::env::current_exe().map_err(|e| Unsupported(e.to_string()))?;
+    spec.command(&exe, endpoint)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .map_err(|e| Unsupported(format!("spawn {}: {e}", exe.display())))
+}
+
+/// `surety outbox relay --backend <backend>`, its stderr in the relay's log.
+fn spawn_cli_relay(relay: &ChildRelay, backend: &str) -> Result<Child, Unsupported> {
+    let bin = common::cli::BIN;
+    let log = std::fs::File::create(&relay.log).map_err(|e| Unsupported(e.to_string()))?;
+    Command::new(bin)
+        .args(["outbox", "relay", "--database-url", &relay.database_url])
+        .args(["--backend", backend, "--poll-interval-ms", "20"])
+        .args(["--batch-size", &relay.batch_size.to_string()])
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("SURETY_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| Unsupported(format!("spawn {bin}: {e}")))
 }
 
 fn main() {

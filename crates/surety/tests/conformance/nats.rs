@@ -110,11 +110,7 @@ impl TransportFixture for Nats {
     }
 
     fn spawn_consumer(&self, spec: &ChildConsumer) -> Result<Child, Unsupported> {
-        let exe = std::env::current_exe().map_err(|e| Unsupported(e.to_string()))?;
-        spec.command(&exe, &self.url)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .map_err(|e| Unsupported(format!("spawn {}: {e}", exe.display())))
+        crate::spawn_consumer(spec, &self.url)
     }
 
     fn spawn_relay(&self, relay: &ChildRelay) -> Result<Child, Unsupported> {

@@ -17,8 +17,6 @@ use surety_conformance::{
 use surety_core::Transport;
 use surety_redis::{RedisOptions, RedisTransport};
 
-use crate::common::cli::BIN;
-
 pub struct Redis {
     url: String,
     port: u16,
@@ -167,25 +165,10 @@ impl TransportFixture for Redis {
     }
 
     fn spawn_consumer(&self, spec: &ChildConsumer) -> Result<Child, Unsupported> {
-        let exe = std::env::current_exe().map_err(|e| Unsupported(e.to_string()))?;
-        spec.command(&exe, &self.url)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .map_err(|e| Unsupported(format!("spawn {}: {e}", exe.display())))
+        crate::spawn_consumer(spec, &self.url)
     }
 
     fn spawn_relay(&self, relay: &ChildRelay) -> Result<Child, Unsupported> {
-        let log = std::fs::File::create(&relay.log).map_err(|e| Unsupported(e.to_string()))?;
-        Command::new(BIN)
-            .args(["outbox", "relay", "--database-url", &relay.database_url])
-            .args(["--backend", &self.url, "--poll-interval-ms", "20"])
-            .args(["--batch-size", &relay.batch_size.to_string()])
-            .env("RUST_LOG", "info,sqlx=warn")
-            .env_remove("SURETY_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| Unsupported(format!("spawn {BIN}: {e}")))
+        crate::spawn_cli_relay(relay, &self.url)
     }
 }
