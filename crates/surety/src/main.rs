@@ -28,8 +28,8 @@ Check every record of a stopped server's data (exit status 1 if anything is dama
   surety verify --data ./surety-data
 
 Client commands talk to --backend (env SURETY_BACKEND, default http://127.0.0.1:7333):
-a Surety server, or NATS JetStream (nats://HOST:4222) or Redis Streams (redis://HOST:6379)
-with the same reliability layer.
+a Surety server, or NATS JetStream (nats://HOST:4222), Redis Streams (redis://HOST:6379),
+RabbitMQ (amqp://HOST:5672) or Kafka (kafka://HOST:9092) with the same reliability layer.
 --backend (alias --server), --token and --json may come before or after the command:
   surety --backend 10.0.0.5:7333 --json topics list
   surety topics list --backend nats://127.0.0.1:4222 --json

@@ -7,7 +7,8 @@
 //! `SURETY_TEST_NATS_URL` (default the machine's own, `nats://127.0.0.1:4222`), and Redis
 //! at `SURETY_TEST_REDIS_URL` (default the machine's own, `redis://127.0.0.1:6379`). A
 //! backend that is not running skips the test with a printed reason, except under
-//! `CI=true`, where it fails.
+//! `CI=true`, where it fails. Kafka runs on librdkafka's MockCluster, started in the
+//! test process.
 
 mod common;
 
@@ -347,4 +348,38 @@ fn rabbitmq_keeps_the_cli_contract() {
     ledger_is_kept_in_its_file(&url, "ledger");
     // Every queue is a quorum queue: --require-fsync accepts the broker.
     ok(&url, &["topics", "list", "--require-fsync"]);
+}
+
+#[test]
+fn kafka_keeps_the_cli_contract() {
+    // librdkafka's MockCluster, in this process: the CLI's subprocesses reach it over TCP
+    // (it lives until the end of the test).
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("a MockCluster");
+    let url = format!("kafka://{}", mock.bootstrap_servers());
+    // Adapted: Kafka orders records per partition only, and the contract expects its
+    // three keyless messages back in publish order; the MockCluster auto-creates a topic
+    // with 4 partitions (it has no CreateTopics), so the contract's topic is made here
+    // with one.
+    mock.create_topic("contract", 1, 1)
+        .expect("a topic on the MockCluster");
+    // Kafka cannot refuse a repeated publish across producers: the ledger drops it.
+    contract(&url, "contract", false);
+    ledger_is_kept_in_its_file(&url, "ledger");
+    // One replica: every publish and consume says so, and --require-fsync refuses it.
+    let warned = run(&url, &["publish", "contract", "x"], b"");
+    assert_eq!(warned.code(), 0, "{}", warned.stderr());
+    assert!(
+        warned.stderr().contains("replication factor 1"),
+        "{}",
+        warned.stderr()
+    );
+    let refused = run(&url, &["publish", "contract", "x", "--require-fsync"], b"");
+    assert_eq!(refused.code(), 1, "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("--require-fsync")
+            && refused.stderr().contains("replication factor 1"),
+        "{}",
+        refused.stderr()
+    );
+    drop(mock);
 }

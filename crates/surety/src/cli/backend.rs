@@ -24,11 +24,10 @@ pub enum Backend {
     Redis(Url),
     /// RabbitMQ (`amqp://`, `amqps://`).
     Rabbit(Url),
+    /// Kafka (`kafka://HOST:PORT[,HOST:PORT...]`), kept as text: a list of brokers is
+    /// no URL authority. Checked by `KafkaOptions::from_url` when parsed.
+    Kafka(String),
 }
-
-/// Brokers named in the design whose backend is not built yet, and the issue that
-/// builds it: a clear refusal beats "unknown scheme".
-const PLANNED: &[(&str, &str)] = &[("kafka", "Kafka (issue 15)")];
 
 impl Backend {
     /// Reads `--backend`: a URL whose scheme names the broker; no scheme means a Surety
@@ -67,37 +66,56 @@ impl Backend {
                         "--backend {text:?} is not a RabbitMQ address (example: amqp://guest:guest@127.0.0.1:5672/%2f)"
                     ))
                 }),
-            other => Err(CliError::Usage(
-                match PLANNED.iter().find(|(s, _)| *s == other) {
-                    Some((_, what)) => format!(
-                        "--backend {text:?}: the {what} backend is not built yet; \
-                         use a Surety server (http://HOST:PORT), NATS (nats://HOST:PORT), \
-                         Redis (redis://HOST:PORT) or RabbitMQ (amqp://HOST:PORT)"
-                    ),
-                    None => format!(
-                        "--backend {text:?}: unknown scheme {other:?} \
-                         (use http://HOST:PORT for a Surety server, nats://HOST:PORT for NATS, \
-                         redis://HOST:PORT for Redis, amqp://HOST:PORT for RabbitMQ)"
-                    ),
-                },
-            )),
+            "kafka" => {
+                // The options crate wants the scheme in lower case; the rest as given.
+                let url = format!("kafka://{}", &s[scheme.len() + 3..]);
+                surety_kafka::KafkaOptions::from_url(&url)
+                    .map(|_| Backend::Kafka(url))
+                    .map_err(|e| {
+                        CliError::Usage(format!(
+                            "--backend {text:?} is not a Kafka address: {} \
+                             (example: kafka://127.0.0.1:9092)",
+                            e.message
+                        ))
+                    })
+            }
+            other => Err(CliError::Usage(format!(
+                "--backend {text:?}: unknown scheme {other:?} \
+                 (use http://HOST:PORT for a Surety server, nats://HOST:PORT for NATS, \
+                 redis://HOST:PORT for Redis, amqp://HOST:PORT for RabbitMQ, \
+                 kafka://HOST:PORT for Kafka)"
+            ))),
         }
     }
 
-    /// The broker's name in messages: `Surety server`, `NATS`, `Redis`.
+    /// The broker's name in messages: `Surety server`, `NATS`, `Redis`, ...
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Surety(_) => "Surety server",
             Backend::Nats(_) => "NATS",
             Backend::Redis(_) => "Redis",
             Backend::Rabbit(_) => "RabbitMQ",
+            Backend::Kafka(_) => "Kafka",
         }
     }
 
     /// The address as given to the broker's client library.
-    pub fn url(&self) -> &Url {
+    pub fn url(&self) -> &str {
         match self {
-            Backend::Surety(u) | Backend::Nats(u) | Backend::Redis(u) | Backend::Rabbit(u) => u,
+            Backend::Surety(u) | Backend::Nats(u) | Backend::Redis(u) | Backend::Rabbit(u) => {
+                u.as_str()
+            }
+            Backend::Kafka(u) => u,
+        }
+    }
+
+    /// How long a new consumer may wait for its first deliveries before an idle
+    /// `consume` (no `--follow`) counts as idle: a Kafka group hands out partitions only
+    /// after its first rebalance (seconds), every other backend at once.
+    pub fn join_allowance(&self) -> std::time::Duration {
+        match self {
+            Backend::Kafka(_) => std::time::Duration::from_secs(6),
+            _ => std::time::Duration::ZERO,
         }
     }
 
@@ -117,10 +135,13 @@ impl Backend {
 
     /// Connects the transport seam to this broker. `require_fsync`: refuse a broker whose
     /// confirms would not survive a power loss (a Surety server always fsyncs first).
+    /// `topic`: the one topic the command works on (`publish`, `consume`), where a
+    /// broker's safety depends on the topic's own settings (Kafka's replication).
     pub async fn transport(
         &self,
         token: Option<&str>,
         require_fsync: bool,
+        topic: Option<&str>,
     ) -> Result<Arc<dyn Transport>, CliError> {
         match self {
             Backend::Surety(url) => {
@@ -177,8 +198,57 @@ impl Backend {
                     .map_err(|e| seam_error(self, e))?;
                 Ok(Arc::new(rabbit))
             }
+            Backend::Kafka(url) => {
+                let mut options = surety_kafka::KafkaOptions::from_url(url)
+                    .map_err(|e| CliError::Usage(format!("--backend {url}: {}", e.message)))?;
+                options.require_fsync |= require_fsync;
+                let require_fsync = options.require_fsync;
+                let kafka = surety_kafka::KafkaTransport::connect(options)
+                    .await
+                    .map_err(|e| seam_error(self, e))?;
+                // Loud, once, at start-up: an acks=all confirm is in page caches only.
+                eprintln!("note: {}", kafka.durability());
+                if let Some(topic) = topic {
+                    kafka_safety(self, &kafka, topic, require_fsync).await?;
+                }
+                Ok(Arc::new(kafka))
+            }
         }
     }
+}
+
+/// Prints each unsafe setting of the cluster for `topic` (replication factor 1, ...);
+/// under `require_fsync` any of them refuses the command.
+async fn kafka_safety(
+    backend: &Backend,
+    kafka: &surety_kafka::KafkaTransport,
+    topic: &str,
+    require_fsync: bool,
+) -> Result<(), CliError> {
+    let warnings = match kafka.safety_warnings(topic).await {
+        Ok(w) => w,
+        // No such topic (yet): the command itself says so, with its own error line.
+        Err(e) if e.kind == ErrorKind::TopicNotFound && !require_fsync => return Ok(()),
+        Err(e) if require_fsync => return Err(seam_error(backend, e)),
+        Err(e) => {
+            eprintln!(
+                "warning: could not check the Kafka settings of topic {topic}: {}",
+                e.message
+            );
+            return Ok(());
+        }
+    };
+    for w in &warnings {
+        eprintln!("warning: {w} (--require-fsync refuses such a topic)");
+    }
+    if require_fsync && !warnings.is_empty() {
+        return Err(CliError::Refused(format!(
+            "--require-fsync: Kafka topic {topic:?} would lose confirmed messages in a power \
+             loss: {}",
+            warnings.join("; ")
+        )));
+    }
+    Ok(())
 }
 
 /// A seam error as one CLI error: refusals keep their code (`topic_not_found`, ...;
@@ -259,7 +329,16 @@ mod tests {
             Ok(Backend::Rabbit(u)) if u.port() == Some(5672)
         ));
         assert!(refused("amqp://").contains("not a RabbitMQ address"));
-        assert!(refused("kafka://k:9092").contains("Kafka"));
+        assert!(matches!(
+            Backend::parse("kafka://k1:9092,k2:9093?retry=topic"),
+            Ok(Backend::Kafka(u)) if u == "kafka://k1:9092,k2:9093?retry=topic"
+        ));
+        assert!(matches!(
+            Backend::parse("KAFKA://k:9092"),
+            Ok(Backend::Kafka(u)) if u == "kafka://k:9092"
+        ));
+        assert!(refused("kafka://k").contains("not a Kafka address"));
+        assert!(refused("kafka://k:9092?acks=1").contains("unknown Kafka backend parameter"));
         assert!(refused("ftp://x").contains("unknown scheme"));
         assert!(refused("nats://").contains("not a NATS address"));
         assert!(refused("http://").contains("not a server address"));

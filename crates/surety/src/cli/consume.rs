@@ -129,7 +129,7 @@ pub async fn run(args: ConsumeArgs, conn: &Conn) -> Result<(), CliError> {
         };
         return exec::run(settings, conn).await;
     }
-    if let Some(seam) = Seam::for_backend(conn).await? {
+    if let Some(seam) = Seam::for_backend(conn, Some(&args.topic)).await? {
         if args.no_ack {
             return Err(CliError::Usage(format!(
                 "--no-ack leaves receipts to settle later with `surety ack`, which needs a \

@@ -33,14 +33,15 @@ pub struct Seam {
 
 impl Seam {
     /// The seam to `conn`'s backend, or `None` for a Surety server (which the commands
-    /// reach over REST).
-    pub async fn for_backend(conn: &Conn) -> Result<Option<Seam>, CliError> {
+    /// reach over REST). `topic`: the one topic of a `publish` or `consume`, whose
+    /// settings some brokers check at start-up (Kafka's replication).
+    pub async fn for_backend(conn: &Conn, topic: Option<&str>) -> Result<Option<Seam>, CliError> {
         let backend = conn.backend()?;
         if matches!(backend, Backend::Surety(_)) {
             return Ok(None);
         }
         let transport = backend
-            .transport(conn.token.as_deref(), conn.require_fsync)
+            .transport(conn.token.as_deref(), conn.require_fsync, topic)
             .await?;
         Ok(Some(Seam {
             backend,
@@ -209,7 +210,10 @@ impl Seam {
         let stop = builder.stop_handle();
         super::exec::stop_on_signals(stop.clone())?;
         let printed = Arc::new(AtomicU64::new(0));
-        let last = Arc::new(std::sync::Mutex::new(Instant::now()));
+        // The idle window starts once the group could have handed anything out.
+        let last = Arc::new(std::sync::Mutex::new(
+            Instant::now() + self.backend.join_allowance(),
+        ));
         if let Some(idle) = idle {
             let (stop, last) = (stop.clone(), last.clone());
             tokio::spawn(async move {

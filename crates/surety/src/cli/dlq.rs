@@ -156,7 +156,7 @@ impl Which {
 }
 
 pub async fn run(args: DlqArgs, conn: &Conn) -> Result<(), CliError> {
-    if let Some(seam) = Seam::for_backend(conn).await? {
+    if let Some(seam) = Seam::for_backend(conn, None).await? {
         return match args.command {
             DlqCommand::List {
                 queue,

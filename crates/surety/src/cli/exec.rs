@@ -42,7 +42,11 @@ pub struct ExecSettings {
 pub async fn run(settings: ExecSettings, conn: &Conn) -> Result<(), CliError> {
     let backend = conn.backend()?;
     let transport = backend
-        .transport(conn.token.as_deref(), conn.require_fsync)
+        .transport(
+            conn.token.as_deref(),
+            conn.require_fsync,
+            Some(&settings.topic),
+        )
         .await?;
     // Refusals (no such topic, a bad name) before the banner, as one error line.
     transport

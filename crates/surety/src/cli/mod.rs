@@ -48,8 +48,9 @@ fn default_backend() -> String {
     next_help_heading = "Backend and output (client commands; also accepted after the command)"
 )]
 pub struct GlobalArgs {
-    /// The broker: a Surety server (http://HOST:PORT, or just HOST:PORT) NATS
-    /// JetStream (nats://HOST:PORT) or Redis Streams (redis://HOST:PORT) [also read from SURETY_SERVER]
+    /// The broker: a Surety server (http://HOST:PORT, or just HOST:PORT), NATS
+    /// JetStream (nats://HOST:PORT), Redis Streams (redis://HOST:PORT), RabbitMQ
+    /// (amqp://HOST:PORT) or Kafka (kafka://HOST:PORT) [also read from SURETY_SERVER]
     #[arg(
         long,
         visible_alias = "server",
@@ -65,7 +66,8 @@ pub struct GlobalArgs {
     #[arg(long)]
     pub json: bool,
     /// Refuse a backend whose confirms would not survive a power loss (NATS without
-    /// `sync_interval: always`, Redis without `appendfsync always`)
+    /// `sync_interval: always`, Redis without `appendfsync always`, a Kafka topic of
+    /// `publish`/`consume` with replication factor 1)
     #[arg(long, env = "SURETY_REQUIRE_FSYNC")]
     pub require_fsync: bool,
 }
@@ -77,8 +79,9 @@ pub struct GlobalArgs {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Backend and output")]
 pub struct ClientArgs {
-    /// The broker: a Surety server (http://HOST:PORT, or just HOST:PORT) NATS
-    /// JetStream (nats://HOST:PORT) or Redis Streams (redis://HOST:PORT) [env: SURETY_BACKEND] [default: http://127.0.0.1:7333]
+    /// The broker: a Surety server (http://HOST:PORT, or just HOST:PORT), NATS
+    /// JetStream (nats://HOST:PORT), Redis Streams (redis://HOST:PORT), RabbitMQ
+    /// (amqp://HOST:PORT) or Kafka (kafka://HOST:PORT) [env: SURETY_BACKEND] [default: http://127.0.0.1:7333]
     #[arg(long, visible_alias = "server", global = true, value_name = "URL")]
     pub backend: Option<String>,
     /// Bearer token, if the server requires one [env: SURETY_TOKEN]
@@ -88,7 +91,8 @@ pub struct ClientArgs {
     #[arg(long, global = true)]
     pub json: bool,
     /// Refuse a backend whose confirms would not survive a power loss (NATS without
-    /// `sync_interval: always`, Redis without `appendfsync always`) [env: SURETY_REQUIRE_FSYNC]
+    /// `sync_interval: always`, Redis without `appendfsync always`, a Kafka topic of
+    /// `publish`/`consume` with replication factor 1) [env: SURETY_REQUIRE_FSYNC]
     #[arg(long, global = true)]
     pub require_fsync: bool,
 }

@@ -88,7 +88,8 @@ struct RelayArgs {
     db: DatabaseArg,
 
     /// The broker to publish to: a Surety server (http://HOST:PORT or HOST:PORT, over
-    /// gRPC), NATS JetStream (nats://HOST:PORT) or Redis Streams (redis://HOST:PORT);
+    /// gRPC), NATS JetStream (nats://HOST:PORT), Redis Streams (redis://HOST:PORT),
+    /// RabbitMQ (amqp://HOST:PORT) or Kafka (kafka://HOST:PORT);
     /// may also come before the command
     /// [env: SURETY_BACKEND] [default: http://127.0.0.1:7333]
     #[arg(long, visible_alias = "server", value_name = "URL")]
@@ -297,7 +298,7 @@ async fn wait_for_backend(
             SERVER_CONNECT_TIMEOUT,
             target
                 .backend
-                .transport(target.token.as_deref(), target.require_fsync),
+                .transport(target.token.as_deref(), target.require_fsync, None),
         )
         .await;
         match attempt {

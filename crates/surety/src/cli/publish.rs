@@ -183,7 +183,7 @@ impl Envelope {
 
 pub async fn run(args: PublishArgs, conn: &Conn) -> Result<(), CliError> {
     let envelope = Envelope::from_args(&args)?;
-    let target = match Seam::for_backend(conn).await? {
+    let target = match Seam::for_backend(conn, Some(&args.topic)).await? {
         Some(seam) => {
             let producer = seam.producer(envelope.producer.clone());
             Target::Seam(seam, producer)

@@ -119,7 +119,7 @@ fn parse_object(s: &str) -> Result<Map<String, Value>, String> {
 }
 
 pub async fn run(args: TopicsArgs, conn: &Conn) -> Result<(), CliError> {
-    if let Some(seam) = Seam::for_backend(conn).await? {
+    if let Some(seam) = Seam::for_backend(conn, None).await? {
         return match args.command {
             TopicsCommand::Create(c) => {
                 if c.config_json.is_some() {
