@@ -141,44 +141,40 @@ pub(crate) async fn ensure_topics(
             }
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(inner.options.request_timeout));
-    match inner.admin.create_topics(&new, &opts).await {
-        Ok(results) => {
-            for r in results {
-                if let Err((name, code)) = r
-                    && code != RDKafkaErrorCode::TopicAlreadyExists
-                {
-                    return Err(TransportError::unavailable(format!(
-                        "creating Kafka topic {name}: {code}"
-                    )));
-                }
+    if inner.mock {
+        // librdkafka's MockCluster has no CreateTopics: a metadata request that allows
+        // auto-creation makes them, with its default partitions.
+        let mut c = inner.config();
+        c.set("group.id", "surety-admin")
+            .set("allow.auto.create.topics", "true");
+        let names: Vec<String> = missing.iter().map(|(n, _, _)| (*n).to_owned()).collect();
+        let timeout = inner.options.request_timeout;
+        return blocking("auto-create", move || -> Result<(), TransportError> {
+            let c: BaseConsumer = c
+                .create()
+                .map_err(|e| unavailable("creating a Kafka client", &e))?;
+            for n in names {
+                c.fetch_metadata(Some(&n), timeout)
+                    .map_err(|e| unavailable("creating a topic", &e))?;
             }
-        }
-        // A broker without CreateTopics (librdkafka's MockCluster): a metadata request
-        // that allows auto-creation makes them, with the broker's default partitions.
-        Err(e)
-            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnsupportedVersion)
-                || e.to_string().contains("not supported") =>
+            Ok(())
+        })
+        .await?;
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(inner.options.request_timeout));
+    let results = inner
+        .admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| unavailable("creating Kafka topics", &e))?;
+    for r in results {
+        if let Err((name, code)) = r
+            && code != RDKafkaErrorCode::TopicAlreadyExists
         {
-            tracing::debug!("CreateTopics refused ({e}); creating by metadata request");
-            let mut c = inner.config();
-            c.set("group.id", "surety-admin")
-                .set("allow.auto.create.topics", "true");
-            let names: Vec<String> = missing.iter().map(|(n, _, _)| (*n).to_owned()).collect();
-            let timeout = inner.options.request_timeout;
-            blocking("auto-create", move || -> Result<(), TransportError> {
-                let c: BaseConsumer = c
-                    .create()
-                    .map_err(|e| unavailable("creating a Kafka client", &e))?;
-                for n in names {
-                    c.fetch_metadata(Some(&n), timeout)
-                        .map_err(|e| unavailable("creating a topic", &e))?;
-                }
-                Ok(())
-            })
-            .await??;
+            return Err(TransportError::unavailable(format!(
+                "creating Kafka topic {name}: {code}"
+            )));
         }
-        Err(e) => return Err(unavailable("creating Kafka topics", &e)),
     }
     Ok(())
 }
@@ -425,6 +421,10 @@ pub(crate) async fn safety_warnings(
              page cache only, and a power loss of that broker loses it (fine for tests, not for production)",
             names.kafka
         ));
+    }
+    if inner.mock {
+        out.push("the cluster is librdkafka's MockCluster: in memory, for tests".to_owned());
+        return Ok(out);
     }
     let opts = AdminOptions::new().request_timeout(Some(inner.options.request_timeout));
     let resource = rdkafka::admin::ResourceSpecifier::Topic(&names.kafka);

@@ -45,6 +45,10 @@ pub(crate) struct Inner {
     pub admin: AdminClient<DefaultClientContext>,
     /// Settings of topics read or written by this transport.
     pub settings: Mutex<HashMap<String, TopicSettings>>,
+    /// The cluster is librdkafka's MockCluster (its id says so), which has no
+    /// CreateTopics or DescribeConfigs: topics are created by a metadata request that
+    /// allows auto-creation, and broker configs are not read.
+    pub mock: bool,
 }
 
 impl Inner {
@@ -89,18 +93,30 @@ impl KafkaTransport {
             .create()
             .map_err(|e| crate::error::unavailable("creating the Kafka admin client", &e))?;
         let caps = capabilities(&options);
-        let t = KafkaTransport {
+        let timeout = options.request_timeout;
+        let probe = producer.clone();
+        // Fails fast on a cluster that does not answer.
+        let cluster_id = crate::error::blocking("cluster id", move || {
+            use rdkafka::producer::Producer as _;
+            probe.client().fetch_cluster_id(timeout)
+        })
+        .await?
+        .ok_or_else(|| {
+            TransportError::unavailable(format!(
+                "no Kafka cluster answered at {} within {timeout:?}",
+                options.bootstrap
+            ))
+        })?;
+        Ok(KafkaTransport {
             inner: Arc::new(Inner {
                 options,
                 caps,
                 producer,
                 admin,
                 settings: Mutex::new(HashMap::new()),
+                mock: cluster_id.starts_with("mockCluster"),
             }),
-        };
-        // Fails fast on a cluster that does not answer.
-        topics::all_topics(&t.inner).await?;
-        Ok(t)
+        })
     }
 
     /// Connects to the URL (`kafka://host:9092[,host2:9092]?...`).
