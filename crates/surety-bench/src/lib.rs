@@ -4,6 +4,7 @@
 //! server` and `bench peer` start that same binary (`surety serve`) as their server.
 
 mod broker;
+mod kafka;
 mod log;
 mod memory;
 mod nats;
@@ -84,6 +85,10 @@ enum Which {
     /// manual acks) and Surety over it, throughput and p99 ratios
     #[command(long_about = rabbitmq::LONG_ABOUT, after_help = rabbitmq::AFTER_HELP)]
     Rabbitmq(rabbitmq::RabbitArgs),
+    /// What the Surety layer costs on Kafka: plain rdkafka (acks=all, idempotent, manual
+    /// commits) and Surety over it, on librdkafka's MockCluster or --url, and the ratios
+    #[command(long_about = kafka::LONG_ABOUT, after_help = kafka::AFTER_HELP)]
+    Kafka(kafka::KafkaArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -98,6 +103,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Restart(args) => restart::run(args),
         Which::Nats(args) => nats::run(args),
         Which::Rabbitmq(args) => rabbitmq::run(args),
+        Which::Kafka(args) => kafka::run(args),
     }
 }
 
