@@ -427,9 +427,10 @@ impl Pump {
                 let _ = self.events.send(Ok(SessionEvent::Drained));
             }
         }
-        // Leaving the group blocks until the coordinator answers: off the async threads.
+        // Leaving the group blocks until the coordinator answers (forever where it is
+        // gone): on a thread of its own, which a runtime shutting down does not wait for.
         let consumer = self.consumer;
-        tokio::task::spawn_blocking(move || drop(consumer));
+        std::thread::spawn(move || drop(consumer));
     }
 
     /// Applies what the rebalance callbacks saw.
