@@ -8,7 +8,10 @@
 //! same store; consumers and relays die as SIGKILLed processes); and `redis`
 //! (surety-redis on a `redis-server` of its own with `appendfsync always`, started by
 //! scripts/redis-durable; restarts are SIGKILL + restart on the same AOF; consumers die
-//! as SIGKILLed processes). Without a nats-server or redis-server binary those trials
+//! as SIGKILLed processes); `rabbitmq` (the machine's RabbitMQ, under a name prefix per
+//! trial; no restarts); and `kafka` (librdkafka's MockCluster per trial, inside this
+//! process; restarts are broker outages on the same in-memory data; consumers die as
+//! SIGKILLed processes). Without a nats-server or redis-server binary those trials
 //! are not registered and the reason is printed; under `CI=true` that fails instead.
 //!
 //! Each scenario is its own trial, `<transport>::<scenario>`:
@@ -22,6 +25,8 @@ mod common;
 mod grpc;
 #[path = "conformance/in_process.rs"]
 mod in_process;
+#[path = "conformance/kafka.rs"]
+mod kafka;
 #[path = "conformance/nats.rs"]
 mod nats;
 #[path = "conformance/rabbitmq.rs"]
@@ -44,6 +49,8 @@ fn connect_endpoint(endpoint: String) -> BoxFuture<'static, Arc<dyn Transport>> 
         redis::connect_endpoint(endpoint)
     } else if endpoint.starts_with("amqp://") {
         rabbitmq::connect_endpoint(endpoint)
+    } else if endpoint.starts_with("kafka://") {
+        kafka::connect_endpoint(endpoint)
     } else {
         grpc::connect_endpoint(endpoint)
     }
@@ -112,5 +119,7 @@ fn main() {
     } else {
         eprintln!("SKIPPED rabbitmq::*: no RabbitMQ at 127.0.0.1:5672 (set SURETY_TEST_AMQP_URL)");
     }
+    // librdkafka's MockCluster runs inside this process: always there.
+    backends.push(Backend::new("kafka", kafka::start));
     surety_conformance::run(backends);
 }
