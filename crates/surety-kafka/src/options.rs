@@ -51,8 +51,6 @@ pub struct KafkaOptions {
     pub nak_backoff_max: Duration,
     /// The largest payload (the broker's `message.max.bytes` is the other limit).
     pub max_message_bytes: u32,
-    /// How long a commit waits for more settlements to share it.
-    pub commit_linger: Duration,
 }
 
 impl Default for KafkaOptions {
@@ -70,19 +68,18 @@ impl Default for KafkaOptions {
             nak_backoff_initial: Duration::from_secs(1),
             nak_backoff_max: Duration::from_secs(60),
             max_message_bytes: 1_000_000,
-            commit_linger: Duration::from_millis(1),
         }
     }
 }
 
 const KNOWN: &str = "require_fsync, prefix, retry, request_timeout, partitions, \
-                     replication_factor, max_message_bytes, commit_linger";
+                     replication_factor, max_message_bytes";
 
 impl KafkaOptions {
     /// Reads `kafka://h1:p1,h2:p2[/]?query`. Parameters: `require_fsync` (`true`/`false`),
     /// `prefix` (1 to 32 of `[A-Za-z0-9_-]`), `retry` (`in_place` or `topic`),
     /// `request_timeout` (100 ms to 10 min), `partitions` (1 to 1024), `replication_factor`
-    /// (1 to 16), `max_message_bytes` (1 to 64 MiB), `commit_linger` (0 to 1 s).
+    /// (1 to 16), `max_message_bytes` (1 to 64 MiB).
     pub fn from_url(url: &str) -> Result<KafkaOptions, TransportError> {
         let rest = url.strip_prefix("kafka://").ok_or_else(|| {
             TransportError::refused(
@@ -166,11 +163,6 @@ impl KafkaOptions {
                         .filter(|n| (1..=64 * 1024 * 1024).contains(n))
                         .ok_or_else(|| bad(&key, value, "1 to 67108864 bytes"))?
                 }
-                "commit_linger" => {
-                    o.commit_linger = parse_duration(value)
-                        .filter(|d| *d <= Duration::from_secs(1))
-                        .ok_or_else(|| bad(&key, value, "a duration from 0ms to 1s"))?
-                }
                 other => {
                     return Err(TransportError::refused(
                         ErrorKind::InvalidInput,
@@ -200,7 +192,7 @@ mod tests {
         assert_eq!(o.bootstrap, "a:9092,b:9093");
         assert_eq!(o.retry, RetryMode::InPlace);
         let o = KafkaOptions::from_url(
-            "kafka://127.0.0.1:1/?require_fsync=true&prefix=app&retry=topic&request_timeout=750ms&partitions=8&replication_factor=3&max_message_bytes=1024&commit_linger=0ms",
+            "kafka://127.0.0.1:1/?require_fsync=true&prefix=app&retry=topic&request_timeout=750ms&partitions=8&replication_factor=3&max_message_bytes=1024",
         )
         .unwrap();
         assert!(o.require_fsync);
@@ -208,10 +200,7 @@ mod tests {
         assert_eq!(o.retry, RetryMode::Topic);
         assert_eq!(o.request_timeout, Duration::from_millis(750));
         assert_eq!((o.default_partitions, o.replication_factor), (8, Some(3)));
-        assert_eq!(
-            (o.max_message_bytes, o.commit_linger),
-            (1024, Duration::ZERO)
-        );
+        assert_eq!(o.max_message_bytes, 1024);
         for (url, says) in [
             ("nats://a:1", "kafka://"),
             ("kafka://a", "host:port"),
