@@ -56,7 +56,16 @@ use crate::transport::{Inner, MAX_CREDITS, now_ms};
 /// The smallest session timeout a broker takes by default (`group.min.session.timeout.ms`).
 const MIN_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Received records held beyond the window before the partitions are paused.
-const READ_AHEAD: usize = 1000;
+///
+/// A pause is costly: librdkafka bumps the fetch version, discards what it prefetched
+/// and, on resume, fetches again from the last record handed over; on the MockCluster
+/// fetching stalled for seconds after a resume. The bound is therefore well above what
+/// a consumer that keeps pace holds (a few thousand records at the bench's rate), and
+/// reading resumes only once most of it is worked off (`RESUME_AHEAD`), so that a
+/// slow consumer pauses once per several thousand records, not per few dozen.
+const READ_AHEAD: usize = 8000;
+/// Received records held beyond the window at which paused partitions resume.
+const RESUME_AHEAD: usize = 2000;
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
@@ -624,12 +633,19 @@ impl Pump {
         }
     }
 
-    /// Pauses reading while far more is held than the window can take.
+    /// Pauses reading while far more is held than the window can take, with hysteresis:
+    /// paused above the window plus `READ_AHEAD`, resumed at or below the window plus
+    /// `RESUME_AHEAD`.
     fn flow_control(&mut self) {
         let held = self.held.len();
-        let limit = self.window as usize + READ_AHEAD;
-        let want_paused = self.draining || held > limit;
-        if want_paused == self.paused || (!want_paused && held > limit / 2 + READ_AHEAD / 2) {
+        let window = self.window as usize;
+        let want_paused = self.draining
+            || if self.paused {
+                held > window + RESUME_AHEAD
+            } else {
+                held > window + READ_AHEAD
+            };
+        if want_paused == self.paused {
             return;
         }
         if let Ok(assignment) = self.consumer.assignment() {
