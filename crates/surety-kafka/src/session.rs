@@ -691,12 +691,19 @@ impl Pump {
             if tpl.count() == 0 {
                 return Ok(());
             }
-            crate::error::blocking("commit", move || {
-                consumer
-                    .commit(&tpl, CommitMode::Sync)
-                    .map_err(|e| crate::error::unavailable("committing offsets", &e))
-            })
-            .await?
+            // A sync commit has no timeout of its own and waits as long as the
+            // coordinator does not answer: on a thread of its own, which neither a runtime
+            // shutting down nor a dropped session waits for.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(
+                    consumer
+                        .commit(&tpl, CommitMode::Sync)
+                        .map_err(|e| crate::error::unavailable("committing offsets", &e)),
+                );
+            });
+            rx.await
+                .unwrap_or_else(|_| Err(TransportError::unavailable("the commit thread ended")))
         }))
     }
 
