@@ -417,3 +417,57 @@ async fn probe_throughput() {
         t1.unwrap().elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_produce_errors_are_retried_and_each_record_lands_once() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let c = cluster();
+    c.mock.create_topic("perr", 1, 1).unwrap();
+    let t = connect(&c, "").await;
+    topic_with(&t, "perr", 1).await;
+    // The broker refuses the next produce requests as a busy cluster would.
+    c.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3],
+    );
+    let items = [("e1", None), ("e2", None), ("e3", None)];
+    let answers = t.publish("perr", &batch("perr", &items)).await.unwrap();
+    let offsets: Vec<u64> = answers
+        .iter()
+        .map(|a| a.as_ref().unwrap().offset())
+        .collect();
+    assert_eq!(offsets, [0, 1, 2], "{answers:?}");
+    let mut s = open(&t, "perr", "g", 10).await;
+    let got = take(&mut s, 3, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.iter().map(payload).collect::<Vec<_>>(),
+        ["e1", "e2", "e3"]
+    );
+    nothing_more(&mut s, Duration::from_millis(1000)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_commit_delays_the_ack_answer_and_loses_nothing() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let c = cluster();
+    c.mock.create_topic("cerr", 1, 1).unwrap();
+    let t = connect(&c, "").await;
+    topic_with(&t, "cerr", 1).await;
+    t.publish("cerr", &batch("cerr", &[("c1", None), ("c2", None)]))
+        .await
+        .unwrap();
+    let mut s = open(&t, "cerr", "g", 10).await;
+    let got = take(&mut s, 2, Duration::from_secs(30)).await;
+    // The coordinator refuses the next commits: the acks are answered only once one
+    // carrying them got through, and then the group's offset says so.
+    c.mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 3],
+    );
+    let outcomes = settle(&mut s, 1, Settle::Ack(receipts(&got))).await;
+    assert_eq!(outcomes, [SettleOutcome::Applied, SettleOutcome::Applied]);
+    assert_eq!(committed(&c, "g", "cerr"), Some(2));
+    drop(s);
+    let mut s = open(&t, "cerr", "g", 10).await;
+    nothing_more(&mut s, Duration::from_secs(5)).await;
+}
