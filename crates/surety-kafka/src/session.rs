@@ -15,6 +15,8 @@
 //! - **Per key, first deliveries keep their order.** A record whose key has an earlier
 //!   record of the same partition outstanding in this session waits (parked) until that
 //!   one is settled; other keys flow. Handlers therefore run concurrently across keys.
+//!   A keyless record waits the same way behind an earlier copy of its stamp (a publish
+//!   retried after a lost answer), so the consumer's ledger drops the copy unrun.
 //! - **Nack** waits out its delay in place (`retry=in_place`: the key stays parked and
 //!   the record comes back after the delay), or as a copy in the group's own topic
 //!   (`retry=topic`: the original is settled). At `max_deliveries` (and for
@@ -314,6 +316,10 @@ struct Held {
     first_ms: Option<u64>,
     last_ms: u64,
     key: Option<Vec<u8>>,
+    /// What it waits behind: its key, else its stamp (a keyless retry copy of a publish
+    /// waits for the first copy, and the consumer's ledger then drops it unrun, instead of
+    /// both running at once and the second being nacked as busy).
+    park: Option<Vec<u8>>,
 }
 
 type HeldKey = (u64, i64);
@@ -539,6 +545,11 @@ impl Pump {
         let carried = d.layer_u64(record::DELIVERIES).unwrap_or(0) as u32;
         let not_before = d.layer_u64(record::NOT_BEFORE).unwrap_or(0);
         let key = m.key().map(<[u8]>::to_vec);
+        let park = key.clone().or_else(|| {
+            let producer = d.layer.get(wire::PRODUCER)?;
+            let seq = d.layer.get(wire::SEQUENCE)?;
+            Some(format!("\0stamp {producer} {seq}").into_bytes())
+        });
         let at = (generation, offset);
         let count = carried.saturating_add(times).saturating_add(1);
         self.held.insert(
@@ -549,11 +560,12 @@ impl Pump {
                 carried,
                 first_ms: d.layer_u64(wire::FIRST_DELIVERED),
                 last_ms: d.layer_u64(wire::LAST_DELIVERED).unwrap_or(0),
-                key: key.clone(),
+                key,
+                park: park.clone(),
                 msg: m,
             },
         );
-        if let Some(k) = key {
+        if let Some(k) = park {
             let slot = (generation, k);
             if let Some(queue) = self.busy_keys.get_mut(&slot) {
                 queue.push_back(offset);
@@ -877,8 +889,8 @@ impl Pump {
             part.settled.insert(at.1);
             part.dirty = true;
         }
-        if let Some(key) = h.key {
-            let slot = (at.0, key);
+        if let Some(park) = h.park {
+            let slot = (at.0, park);
             let next = self.busy_keys.get_mut(&slot).and_then(VecDeque::pop_front);
             match next {
                 Some(o) => {

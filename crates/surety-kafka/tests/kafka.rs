@@ -471,3 +471,31 @@ async fn a_failing_commit_delays_the_ack_answer_and_loses_nothing() {
     let mut s = open(&t, "cerr", "g", 10).await;
     nothing_more(&mut s, Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_copy_of_a_stamp_waits_behind_the_first_copy() {
+    let c = cluster();
+    c.mock.create_topic("dup", 1, 1).unwrap();
+    let t = connect(&c, "").await;
+    topic_with(&t, "dup", 1).await;
+    // The same stamp twice (a publish retried after its answer was lost), then another.
+    let once = batch("dup", &[("x", None)]);
+    t.publish("dup", &once).await.unwrap();
+    t.publish("dup", &once).await.unwrap();
+    let other = Batch::new(vec![StampedMessage {
+        sequence: 2,
+        ..once.messages()[0].clone()
+    }]);
+    t.publish("dup", &other).await.unwrap();
+    let mut s = open(&t, "dup", "g", 10).await;
+    let first = take(&mut s, 2, Duration::from_secs(30)).await;
+    assert_eq!(
+        first.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+        [Some(1), Some(2)],
+        "the second copy of sequence 1 waits"
+    );
+    nothing_more(&mut s, Duration::from_millis(500)).await;
+    s.settle(1, Settle::Ack(vec![first[0].receipt.clone()]));
+    let copy = take(&mut s, 1, Duration::from_secs(10)).await;
+    assert_eq!((copy[0].sequence, copy[0].offset()), (Some(1), 1));
+}
