@@ -45,6 +45,7 @@ use surety_core::{
     BoxFuture, Delivery, ErrorKind, Position, Receipt, RequestId, Session, SessionEvent, Settle,
     SettleOutcome, Subscription, TransportError, wire,
 };
+use surety_core::{ChannelSession, SessionCommand as Command};
 use tokio::sync::mpsc;
 
 use crate::dead_letters::{self, Death};
@@ -120,8 +121,7 @@ pub(crate) async fn subscribe(
     consumer
         .subscribe(&[&names.kafka, &group.redo])
         .map_err(|e| crate::error::unavailable("subscribing", &e))?;
-    let (commands, command_rx) = mpsc::unbounded_channel();
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (session, command_rx, events_tx) = ChannelSession::new("the Kafka session ended");
     let pump = Pump {
         session: SESSIONS.fetch_add(1, Ordering::Relaxed),
         consumer: Arc::new(consumer),
@@ -148,54 +148,7 @@ pub(crate) async fn subscribe(
         events: events_tx,
     };
     tokio::spawn(pump.run(command_rx));
-    Ok(Box::new(KafkaSession {
-        commands,
-        events,
-        ended: None,
-    }))
-}
-
-enum Command {
-    Settle(RequestId, Settle),
-    Credit(u32),
-    Drain,
-}
-
-struct KafkaSession {
-    commands: mpsc::UnboundedSender<Command>,
-    events: mpsc::UnboundedReceiver<Result<SessionEvent, TransportError>>,
-    ended: Option<TransportError>,
-}
-
-impl Session for KafkaSession {
-    fn next(&mut self) -> BoxFuture<'_, Result<SessionEvent, TransportError>> {
-        Box::pin(async move {
-            if let Some(e) = &self.ended {
-                return Err(e.clone());
-            }
-            let item = self
-                .events
-                .recv()
-                .await
-                .unwrap_or_else(|| Err(TransportError::unavailable("the Kafka session ended")));
-            if let Err(e) = &item {
-                self.ended = Some(e.clone());
-            }
-            item
-        })
-    }
-
-    fn settle(&mut self, id: RequestId, settle: Settle) {
-        let _ = self.commands.send(Command::Settle(id, settle));
-    }
-
-    fn credit(&mut self, n: u32) {
-        let _ = self.commands.send(Command::Credit(n));
-    }
-
-    fn drain(&mut self) {
-        let _ = self.commands.send(Command::Drain);
-    }
+    Ok(Box::new(session))
 }
 
 /// A rebalance, as the consumer's callbacks saw it (handled by the pump in order).
@@ -356,8 +309,9 @@ struct Pump {
     waiting: BinaryHeap<Reverse<(u64, u64, i64)>>,
     /// Records of the commit round in flight, handed out once it is confirmed.
     delivering: Vec<HeldKey>,
-    /// Answers that wait for the next commit round.
-    awaiting_commit: Vec<(RequestId, usize)>,
+    /// Answers that wait for the next commit round, with the generation of the
+    /// partition the record was settled in.
+    awaiting_commit: Vec<(RequestId, usize, u64)>,
     requests: HashMap<RequestId, Request>,
     /// Copies being written (retries, dead letters).
     copies: FuturesUnordered<BoxFuture<'static, Copied>>,
@@ -372,7 +326,7 @@ type CommitResult = Result<(), TransportError>;
 impl Pump {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut commit: Option<BoxFuture<'static, CommitResult>> = None;
-        let mut round: (Vec<HeldKey>, Vec<(RequestId, usize)>) = (Vec::new(), Vec::new());
+        let mut round: (Vec<HeldKey>, Vec<(RequestId, usize, u64)>) = (Vec::new(), Vec::new());
         let mut retry_commit_at: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -404,7 +358,7 @@ impl Pump {
                     match r {
                         Ok(()) => {
                             self.hand_out(delivered);
-                            for (id, i) in answers {
+                            for (id, i, _) in answers {
                                 self.answer(id, i, SettleOutcome::Applied);
                             }
                         }
@@ -429,6 +383,7 @@ impl Pump {
             if commit.is_none() && retry_commit_at.is_none_or(|t| tokio::time::Instant::now() >= t)
             {
                 retry_commit_at = None;
+                self.refuse_revoked();
                 if let Some(c) = self.start_commit() {
                     round = (
                         std::mem::take(&mut self.delivering),
@@ -673,6 +628,29 @@ impl Pump {
         }
     }
 
+    /// Settlements of a partition this member lost before a commit carried them: they
+    /// were never recorded, and the new owner delivers those records again.
+    fn refuse_revoked(&mut self) {
+        let (kept, lost): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting_commit)
+            .into_iter()
+            .partition(|(_, _, g)| self.by_generation.contains_key(g));
+        self.awaiting_commit = kept;
+        for (id, i, _) in lost {
+            self.answer(
+                id,
+                i,
+                SettleOutcome::Refused(
+                    TransportError::refused(
+                        ErrorKind::Stale,
+                        "the partition was reassigned before the settlement was committed; \
+                         the record will be delivered again",
+                    )
+                    .with_code("receipt_stale"),
+                ),
+            );
+        }
+    }
+
     /// A commit of every changed partition: offset at its lowest unsettled record, the
     /// journal in the metadata.
     fn start_commit(&mut self) -> Option<BoxFuture<'static, CommitResult>> {
@@ -708,11 +686,10 @@ impl Pump {
             // shutting down nor a dropped session waits for.
             let (tx, rx) = tokio::sync::oneshot::channel();
             std::thread::spawn(move || {
-                let _ = tx.send(
-                    consumer
-                        .commit(&tpl, CommitMode::Sync)
-                        .map_err(|e| crate::error::unavailable("committing offsets", &e)),
-                );
+                let r = consumer
+                    .commit(&tpl, CommitMode::Sync)
+                    .map_err(|e| crate::error::unavailable("committing offsets", &e));
+                let _ = tx.send(r);
             });
             rx.await
                 .unwrap_or_else(|_| Err(TransportError::unavailable("the commit thread ended")))
@@ -789,7 +766,7 @@ impl Pump {
             match &s {
                 Settle::Ack(_) => {
                     self.settled(at);
-                    self.awaiting_commit.push((id, i));
+                    self.awaiting_commit.push((id, i, at.0));
                 }
                 Settle::DeadLetter { reason, .. } => {
                     self.copy(at, Some((id, i)), Copy::DeadLetter(reason.clone()))
@@ -971,8 +948,8 @@ impl Pump {
         match c.result {
             Ok(()) => {
                 self.settled(c.at);
-                if let Some(a) = c.answer {
-                    self.awaiting_commit.push(a);
+                if let Some((id, i)) = c.answer {
+                    self.awaiting_commit.push((id, i, c.at.0));
                 }
             }
             Err(e) => {
