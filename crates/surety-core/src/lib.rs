@@ -21,8 +21,11 @@
 //!   (producer id, sequence) pairs, for transports whose publish dedupe has a time window
 //!   or none; [`file_ledger`]: [`FileLedger`], the same kept in a file across restarts.
 //! - [`wire`]: the header names in which backends carry the layer's data.
+//! - [`channel_session`]: [`ChannelSession`], the driver's end of a session whose work
+//!   runs in a backend's own task.
 
 pub mod capabilities;
+pub mod channel_session;
 pub mod consumer;
 pub mod error;
 pub mod file_ledger;
@@ -42,6 +45,7 @@ pub use capabilities::{
     Capabilities, Confirm, DeadLetterCap, DeadLetterStore, DeadLetters, DedupeWindow,
     DeliveryCount, LeaseKind, Mechanism, NackDelay, Ordering, PublishDedupe, SettleAnswers,
 };
+pub use channel_session::{ChannelSession, SessionCommand};
 pub use consumer::{ConsumeError, Consumer, ConsumerBuilder, ConsumerStats, StopHandle};
 pub use error::{ErrorKind, Outcome, TransportError};
 pub use file_ledger::{FileLedger, FileLedgerError, FileLedgerOptions, LedgerRecovery};

@@ -23,9 +23,10 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::json;
 use surety_core::{
-    BoxFuture, Delivery, ErrorKind, Position, RequestId, Session, SessionEvent, Settle,
-    SettleOutcome, Subscription, TransportError, wire,
+    BoxFuture, Delivery, ErrorKind, Position, RequestId, Session, SessionEvent, SettleOutcome,
+    Subscription, TransportError, wire,
 };
+use surety_core::{ChannelSession, SessionCommand as Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -89,8 +90,7 @@ pub(crate) async fn subscribe(
         .subscribe(inbox.clone())
         .await
         .map_err(|e| TransportError::unavailable(format!("subscribe {inbox}: {e}")))?;
-    let (commands, command_rx) = mpsc::unbounded_channel();
-    let (event_tx, events) = mpsc::unbounded_channel();
+    let (session, command_rx, event_tx) = ChannelSession::new("the NATS session ended");
     let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", names.stream, sub.group);
     let settler = Arc::new(Settler {
         inner: inner.clone(),
@@ -112,56 +112,7 @@ pub(crate) async fn subscribe(
         events: event_tx,
     };
     tokio::spawn(pump.run(messages, command_rx));
-    Ok(Box::new(NatsSession {
-        commands,
-        events,
-        ended: None,
-    }))
-}
-
-enum Command {
-    Settle(RequestId, Settle),
-    Credit(u32),
-    Drain,
-}
-
-/// The driver's end.
-struct NatsSession {
-    commands: mpsc::UnboundedSender<Command>,
-    events: mpsc::UnboundedReceiver<Result<SessionEvent, TransportError>>,
-    ended: Option<TransportError>,
-}
-
-impl Session for NatsSession {
-    fn next(&mut self) -> BoxFuture<'_, Result<SessionEvent, TransportError>> {
-        Box::pin(async move {
-            if let Some(e) = &self.ended {
-                return Err(e.clone());
-            }
-            // `recv` is cancel-safe, and nothing else here awaits.
-            let item = self
-                .events
-                .recv()
-                .await
-                .unwrap_or_else(|| Err(TransportError::unavailable("the NATS session ended")));
-            if let Err(e) = &item {
-                self.ended = Some(e.clone());
-            }
-            item
-        })
-    }
-
-    fn settle(&mut self, id: RequestId, settle: Settle) {
-        let _ = self.commands.send(Command::Settle(id, settle));
-    }
-
-    fn credit(&mut self, n: u32) {
-        let _ = self.commands.send(Command::Credit(n));
-    }
-
-    fn drain(&mut self) {
-        let _ = self.commands.send(Command::Drain);
-    }
+    Ok(Box::new(session))
 }
 
 /// One pull request of ours the server has not finished.

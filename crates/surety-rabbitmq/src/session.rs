@@ -36,6 +36,7 @@ use surety_core::{
     BoxFuture, Delivery, ErrorKind, Outcome, Position, RequestId, Session, SessionEvent, Settle,
     SettleOutcome, Subscription, TransportError, wire,
 };
+use surety_core::{ChannelSession, SessionCommand as Command};
 use tokio::sync::mpsc;
 
 use crate::headers::{self, DEAD_LETTER_ID, DELIVERIES};
@@ -67,8 +68,7 @@ pub(crate) async fn subscribe(
     let copies = inner.conn.confirm_channel().await?;
     // Unique in this process; receipts never cross processes (a channel is local).
     let session = SESSIONS.fetch_add(1, Ordering::Relaxed);
-    let (commands, command_rx) = mpsc::unbounded_channel();
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (handle, command_rx, events_tx) = ChannelSession::new("the RabbitMQ session ended");
     let local = inner.local_group(&group.queue);
     local.sessions.fetch_add(1, Ordering::Relaxed);
     let settler = Arc::new(Settler {
@@ -92,53 +92,7 @@ pub(crate) async fn subscribe(
         pump.start().await?;
     }
     tokio::spawn(pump.run(command_rx));
-    Ok(Box::new(RabbitSession {
-        commands,
-        events,
-        ended: None,
-    }))
-}
-
-enum Command {
-    Settle(RequestId, Settle),
-    Credit(u32),
-    Drain,
-}
-
-struct RabbitSession {
-    commands: mpsc::UnboundedSender<Command>,
-    events: mpsc::UnboundedReceiver<Result<SessionEvent, TransportError>>,
-    ended: Option<TransportError>,
-}
-
-impl Session for RabbitSession {
-    fn next(&mut self) -> BoxFuture<'_, Result<SessionEvent, TransportError>> {
-        Box::pin(async move {
-            if let Some(e) = &self.ended {
-                return Err(e.clone());
-            }
-            let item =
-                self.events.recv().await.unwrap_or_else(|| {
-                    Err(TransportError::unavailable("the RabbitMQ session ended"))
-                });
-            if let Err(e) = &item {
-                self.ended = Some(e.clone());
-            }
-            item
-        })
-    }
-
-    fn settle(&mut self, id: RequestId, settle: Settle) {
-        let _ = self.commands.send(Command::Settle(id, settle));
-    }
-
-    fn credit(&mut self, n: u32) {
-        let _ = self.commands.send(Command::Credit(n));
-    }
-
-    fn drain(&mut self) {
-        let _ = self.commands.send(Command::Drain);
-    }
+    Ok(Box::new(handle))
 }
 
 /// A delivery handed to the driver and not settled yet: what a copy of it needs.

@@ -23,9 +23,10 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use redis::Value;
 use surety_core::{
-    BoxFuture, Delivery, ErrorKind, RequestId, Session, SessionEvent, Settle, SettleOutcome,
-    Subscription, TransportError, wire,
+    BoxFuture, Delivery, ErrorKind, RequestId, Session, SessionEvent, SettleOutcome, Subscription,
+    TransportError, wire,
 };
+use surety_core::{ChannelSession, SessionCommand as Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -83,8 +84,7 @@ pub(crate) async fn subscribe(
         inner.client.clone(),
         inner.options.request_timeout,
     ));
-    let (commands, command_rx) = mpsc::unbounded_channel();
-    let (event_tx, events) = mpsc::unbounded_channel();
+    let (session, command_rx, event_tx) = ChannelSession::new("the Redis session ended");
     let settler = Arc::new(Settler {
         inner: inner.clone(),
         keys,
@@ -106,54 +106,7 @@ pub(crate) async fn subscribe(
         events: event_tx,
     };
     tokio::spawn(pump.run(command_rx));
-    Ok(Box::new(RedisSession {
-        commands,
-        events,
-        ended: None,
-    }))
-}
-
-enum Command {
-    Settle(RequestId, Settle),
-    Credit(u32),
-    Drain,
-}
-
-struct RedisSession {
-    commands: mpsc::UnboundedSender<Command>,
-    events: mpsc::UnboundedReceiver<Result<SessionEvent, TransportError>>,
-    ended: Option<TransportError>,
-}
-
-impl Session for RedisSession {
-    fn next(&mut self) -> BoxFuture<'_, Result<SessionEvent, TransportError>> {
-        Box::pin(async move {
-            if let Some(e) = &self.ended {
-                return Err(e.clone());
-            }
-            let item = self
-                .events
-                .recv()
-                .await
-                .unwrap_or_else(|| Err(TransportError::unavailable("the Redis session ended")));
-            if let Err(e) = &item {
-                self.ended = Some(e.clone());
-            }
-            item
-        })
-    }
-
-    fn settle(&mut self, id: RequestId, settle: Settle) {
-        let _ = self.commands.send(Command::Settle(id, settle));
-    }
-
-    fn credit(&mut self, n: u32) {
-        let _ = self.commands.send(Command::Credit(n));
-    }
-
-    fn drain(&mut self) {
-        let _ = self.commands.send(Command::Drain);
-    }
+    Ok(Box::new(session))
 }
 
 type Answered = (RequestId, Vec<SettleOutcome>, Vec<String>);
