@@ -61,6 +61,7 @@ async fn scan(
         Err(e) => return Err(e),
     };
     let mut taken = 0;
+    let mut seen = 0u64;
     if waiting > 0 {
         c.bounded(
             "basic.qos",
@@ -85,6 +86,7 @@ async fn scan(
                 break;
             };
             let d = d.map_err(|e| crate::conn::error(&e, Outcome::Retryable))?;
+            seen += 1;
             let dl = decode(&d, &group.group);
             match choose(&dl) {
                 Choice::Leave => {}
@@ -117,8 +119,20 @@ async fn scan(
             }
         }
     }
-    // What was left unacked goes back to the queue, in order.
+    // What was left unacked goes back to the queue, in order. A quorum queue counts the
+    // returns a little after the close: wait (briefly) until it does, so that the next
+    // scan, which starts from the queue's count, sees them.
     let _ = ch.close(200, ShortString::from("done")).await;
+    let back = seen - taken;
+    if back > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            match crate::topology::ready_counts(inner, &[group.dlq.as_str()]).await {
+                Ok(n) if n[0] >= back => break,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
     Ok(taken)
 }
 
