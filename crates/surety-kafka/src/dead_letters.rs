@@ -265,7 +265,7 @@ pub(crate) async fn resend(
     check_ids(which)?;
     let names = open(inner, topic, group).await?;
     let g = names.group(group)?;
-    crate::session::ensure_group(inner, &names, &g).await?;
+    crate::session::ensure_group(inner, &g).await?;
     let mut done = Vec::new();
     for l in live_records(inner, &names).await? {
         if l.letter.group != group || !selected(which, &l.letter.id) {

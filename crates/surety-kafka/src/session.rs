@@ -74,11 +74,7 @@ static SESSIONS: AtomicU64 = AtomicU64::new(1);
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 /// Creates the group's own topic where missing.
-pub(crate) async fn ensure_group(
-    inner: &Inner,
-    _names: &TopicNames,
-    group: &GroupNames,
-) -> Result<(), TransportError> {
+pub(crate) async fn ensure_group(inner: &Inner, group: &GroupNames) -> Result<(), TransportError> {
     topics::ensure_topics(inner, &[(group.redo.as_str(), 1, false)]).await
 }
 
@@ -95,7 +91,7 @@ pub(crate) async fn subscribe(
         ));
     }
     let settings = topics::settings(&inner, &names).await?;
-    ensure_group(&inner, &names, &group).await?;
+    ensure_group(&inner, &group).await?;
     let lease = sub
         .lease
         .unwrap_or(settings.ack_wait())
