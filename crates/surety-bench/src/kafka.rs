@@ -32,7 +32,10 @@ use super::table::Table;
 use super::{OutputArgs, fmt_secs, parse_positive, parse_seconds};
 
 const PAYLOAD_BYTES: usize = 1024;
+/// The BENCHMARKS.md section: the MockCluster's, and a real broker's (`--url`) apart, so
+/// one run does not replace the other.
 const SECTION: &str = "kafka";
+const SECTION_BROKER: &str = "kafka-broker";
 const TOPIC: &str = "bench";
 const PLAIN_TOPIC: &str = "plain";
 const GROUP: &str = "bench";
@@ -71,7 +74,8 @@ Example:
   surety bench kafka --seconds 5
   surety bench kafka --url kafka://127.0.0.1:9092
 
-Replaces the bench:kafka section of BENCHMARKS.md unless --no-write.";
+Replaces the bench:kafka section of BENCHMARKS.md (bench:kafka-broker with --url) unless
+--no-write.";
 
 #[derive(Debug, Args)]
 pub struct KafkaArgs {
@@ -210,8 +214,13 @@ pub fn run(args: KafkaArgs) -> Result<()> {
         throughput_ratio,
         p99_ratio,
     };
+    let section = if args.url.is_some() {
+        SECTION_BROKER
+    } else {
+        SECTION
+    };
     args.output
-        .emit(SECTION, &result, text_report, markdown_report)
+        .emit(section, &result, text_report, markdown_report)
 }
 
 /// What a side's consumers share before and during its run: the run's `Shared` once
