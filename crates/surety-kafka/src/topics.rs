@@ -404,6 +404,44 @@ pub(crate) async fn list(inner: &Inner) -> Result<Vec<String>, TransportError> {
         .collect())
 }
 
+/// Whether the group coordinator stores the metadata of an offset commit, where the
+/// journal (crate::journal) lives: a commit by a probe group (one no consumer joins)
+/// read back.
+async fn keeps_commit_metadata(inner: &Inner, kafka_topic: &str) -> Result<bool, TransportError> {
+    let mut config = inner.config();
+    config
+        .set(
+            "group.id",
+            names::settings_topic(&inner.options.prefix) + ".probe",
+        )
+        .set("enable.auto.commit", "false");
+    let timeout = inner.options.request_timeout;
+    let topic = kafka_topic.to_owned();
+    blocking("metadata probe", move || -> Result<bool, TransportError> {
+        let c: BaseConsumer = config
+            .create()
+            .map_err(|e| unavailable("creating a Kafka client", &e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(0))
+            .map_err(|e| unavailable("a probe commit", &e))?;
+        if let Some(mut e) = tpl.find_partition(&topic, 0) {
+            e.set_metadata("v1 probe");
+        }
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .map_err(|e| unavailable("a probe commit", &e))?;
+        let mut ask = TopicPartitionList::new();
+        ask.add_partition(&topic, 0);
+        let back = c
+            .committed_offsets(ask, timeout)
+            .map_err(|e| unavailable("reading a probe commit", &e))?;
+        Ok(back
+            .elements()
+            .first()
+            .is_some_and(|e| e.metadata() == "v1 probe"))
+    })
+    .await?
+}
+
 /// What the cluster tells about the durability of `topic`'s confirms.
 pub(crate) async fn safety_warnings(
     inner: &Inner,
@@ -425,6 +463,15 @@ pub(crate) async fn safety_warnings(
     if inner.mock {
         out.push("the cluster is librdkafka's MockCluster: in memory, for tests".to_owned());
         return Ok(out);
+    }
+    if !keeps_commit_metadata(inner, &names.kafka).await? {
+        out.push(format!(
+            "the cluster does not keep offset-commit metadata (a probe commit on {} came back \
+             without it): delivery counts start over in every consumer session, a poison record \
+             that kills its consumers is not dead-lettered, and records settled out of order \
+             run again after a rebalance (Apache Kafka keeps it)",
+            names.kafka
+        ));
     }
     let opts = AdminOptions::new().request_timeout(Some(inner.options.request_timeout));
     let resource = rdkafka::admin::ResourceSpecifier::Topic(&names.kafka);

@@ -353,15 +353,28 @@ fn rabbitmq_keeps_the_cli_contract() {
 #[test]
 fn kafka_keeps_the_cli_contract() {
     // librdkafka's MockCluster, in this process: the CLI's subprocesses reach it over TCP
-    // (it lives until the end of the test).
-    let mock = rdkafka::mocking::MockCluster::new(1).expect("a MockCluster");
-    let url = format!("kafka://{}", mock.bootstrap_servers());
+    // (it lives until the end of the test). Opt-in: SURETY_TEST_KAFKA_URL names a real
+    // Kafka-protocol broker instead (README), used under a fresh prefix.
     // Adapted: Kafka orders records per partition only, and the contract expects its
-    // three keyless messages back in publish order; the MockCluster auto-creates a topic
-    // with 4 partitions (it has no CreateTopics), so the contract's topic is made here
-    // with one.
-    mock.create_topic("contract", 1, 1)
-        .expect("a topic on the MockCluster");
+    // three keyless messages back in publish order, so its topics have one partition (the
+    // MockCluster has no CreateTopics: the contract's topic is made here through its
+    // handle; a real broker gets `partitions=1`).
+    let (mock, url) = match std::env::var("SURETY_TEST_KAFKA_URL") {
+        Ok(base) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            (None, format!("{base}?partitions=1&prefix=cli{nanos:x}"))
+        }
+        Err(_) => {
+            let mock = rdkafka::mocking::MockCluster::new(1).expect("a MockCluster");
+            let url = format!("kafka://{}", mock.bootstrap_servers());
+            mock.create_topic("contract", 1, 1)
+                .expect("a topic on the MockCluster");
+            (Some(mock), url)
+        }
+    };
     // Kafka cannot refuse a repeated publish across producers: the ledger drops it.
     contract(&url, "contract", false);
     ledger_is_kept_in_its_file(&url, "ledger");

@@ -121,5 +121,9 @@ fn main() {
     }
     // librdkafka's MockCluster runs inside this process: always there.
     backends.push(Backend::new("kafka", kafka::start));
+    // Opt-in (README): the same trials against a real Kafka-protocol broker.
+    if kafka::broker_url().is_some() {
+        backends.push(Backend::new("kafka_broker", kafka::start_broker));
+    }
     surety_conformance::run(backends);
 }

@@ -245,3 +245,64 @@ impl TransportFixture for Kafka {
         crate::spawn_cli_relay(relay, &self.url)
     }
 }
+
+/// The opt-in `kafka_broker` trials: a real Kafka-protocol broker at
+/// `SURETY_TEST_KAFKA_URL` (README: tansu, or any Kafka), each trial under a name prefix
+/// of its own. The suite did not start that broker, so it does not restart it.
+pub struct KafkaBroker {
+    url: String,
+}
+
+/// The real broker's URL, where the opt-in run asks for one.
+pub fn broker_url() -> Option<String> {
+    std::env::var("SURETY_TEST_KAFKA_URL").ok()
+}
+
+pub fn start_broker() -> BoxFuture<'static, Arc<dyn TransportFixture>> {
+    Box::pin(async {
+        static TRIALS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let base = broker_url().expect("checked before the trials were registered");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let n = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Arc::new(KafkaBroker {
+            url: format!(
+                "{base}{sep}prefix=conf{:x}-{nanos:x}-{n}",
+                std::process::id()
+            ),
+        }) as Arc<dyn TransportFixture>
+    })
+}
+
+impl TransportFixture for KafkaBroker {
+    fn name(&self) -> &'static str {
+        "kafka_broker"
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Arc<dyn Transport>> {
+        connect_endpoint(self.url.clone())
+    }
+
+    fn restart_server(&self) -> BoxFuture<'_, Result<(), Unsupported>> {
+        Box::pin(async {
+            Err(Unsupported(
+                "the broker at SURETY_TEST_KAFKA_URL was not started by this suite".to_owned(),
+            ))
+        })
+    }
+
+    fn consumer_kill(&self) -> KillMode {
+        KillMode::Process
+    }
+
+    fn spawn_consumer(&self, spec: &ChildConsumer) -> Result<Child, Unsupported> {
+        crate::spawn_consumer(spec, &self.url)
+    }
+
+    fn spawn_relay(&self, relay: &ChildRelay) -> Result<Child, Unsupported> {
+        crate::spawn_cli_relay(relay, &self.url)
+    }
+}
