@@ -264,6 +264,12 @@ struct Held {
     carried: u32,
     first_ms: Option<u64>,
     last_ms: u64,
+    /// Not delivered before (a retry copy's due time; 0: at once).
+    not_before: u64,
+    /// Where the message was first stored: a copy's origin, else this record.
+    position: Position,
+    /// Its headers, read once when it was received.
+    decoded: record::Decoded,
     key: Option<Vec<u8>>,
     /// What it waits behind: its key, else its stamp (a keyless retry copy of a publish
     /// waits for the first copy, and the consumer's ledger then drops it unrun, instead of
@@ -503,6 +509,14 @@ impl Pump {
         });
         let at = (generation, offset);
         let count = carried.saturating_add(times).saturating_add(1);
+        let position = d
+            .layer
+            .get(wire::ORIGIN)
+            .and_then(|o| parse_origin(o))
+            .unwrap_or(Position::Offset {
+                partition: m.partition() as u32,
+                offset: offset as u64,
+            });
         self.held.insert(
             at,
             Held {
@@ -511,6 +525,9 @@ impl Pump {
                 carried,
                 first_ms: d.layer_u64(wire::FIRST_DELIVERED),
                 last_ms: d.layer_u64(wire::LAST_DELIVERED).unwrap_or(0),
+                not_before,
+                position,
+                decoded: d,
                 key,
                 park: park.clone(),
                 msg: m,
@@ -525,12 +542,12 @@ impl Pump {
             }
             self.busy_keys.insert(slot, VecDeque::new());
         }
-        self.admit(at, not_before);
+        self.admit(at);
     }
 
     /// A record whose key is free: dead-lettered unrun past the cap, waiting out its due
     /// time, or ready.
-    fn admit(&mut self, at: HeldKey, not_before: u64) {
+    fn admit(&mut self, at: HeldKey) {
         let max = self.settings.max_deliveries;
         let h = self.held.get_mut(&at).unwrap();
         if h.count > max {
@@ -539,10 +556,10 @@ impl Pump {
                 h.count - 1
             );
             h.count -= 1;
-            self.copy(at, None, Copy::DeadLetter(reason));
-        } else if not_before > now_ms() {
+            self.copy(at, None, CopyKind::DeadLetter(reason));
+        } else if h.not_before > now_ms() {
             h.state = State::Waiting;
-            self.waiting.push(Reverse((not_before, at.0, at.1)));
+            self.waiting.push(Reverse((h.not_before, at.0, at.1)));
         } else {
             h.state = State::Ready;
             self.ready.push_back(at);
@@ -707,17 +724,8 @@ impl Pump {
             h.first_ms.get_or_insert(now);
             h.last_ms = now;
             self.out += 1;
-            let d = record::decode(&h.msg);
-            let partition = h.msg.partition() as u32;
-            let own = Position::Offset {
-                partition,
-                offset: at.1 as u64,
-            };
-            let position = d
-                .layer
-                .get(wire::ORIGIN)
-                .and_then(|o| parse_origin(o))
-                .unwrap_or(own);
+            let d = &h.decoded;
+            let position = h.position;
             out.push(Delivery {
                 receipt: Receipt::new(format!("kafka {} {} {}", self.session, at.0, at.1)),
                 partition: position.partition(),
@@ -731,7 +739,7 @@ impl Pump {
                 },
                 key: h.key.clone(),
                 sequence: d.layer_u64(wire::SEQUENCE),
-                headers: d.headers,
+                headers: d.headers.clone(),
                 payload: h.msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                 id: d.layer.get(wire::ID).cloned(),
                 producer_id: d.layer.get(wire::PRODUCER).cloned(),
@@ -765,12 +773,12 @@ impl Pump {
                     self.awaiting_commit.push((id, i, at.0));
                 }
                 Settle::DeadLetter { reason, .. } => {
-                    self.copy(at, Some((id, i)), Copy::DeadLetter(reason.clone()))
+                    self.copy(at, Some((id, i)), CopyKind::DeadLetter(reason.clone()))
                 }
                 Settle::Nack { delay, reason, .. } => {
                     let h = &self.held[&at];
                     if h.count >= max {
-                        self.copy(at, Some((id, i)), Copy::DeadLetter(reason.clone()));
+                        self.copy(at, Some((id, i)), CopyKind::DeadLetter(reason.clone()));
                         continue;
                     }
                     let o = &self.inner.options;
@@ -786,7 +794,7 @@ impl Pump {
                         RetryMode::Topic => self.copy(
                             at,
                             Some((id, i)),
-                            Copy::Retry {
+                            CopyKind::Retry {
                                 due,
                                 reason: reason.clone(),
                             },
@@ -866,18 +874,7 @@ impl Pump {
             let slot = (at.0, park);
             let next = self.busy_keys.get_mut(&slot).and_then(VecDeque::pop_front);
             match next {
-                Some(o) => {
-                    let not_before = self
-                        .held
-                        .get(&(at.0, o))
-                        .map(|n| {
-                            record::decode(&n.msg)
-                                .layer_u64(record::NOT_BEFORE)
-                                .unwrap_or(0)
-                        })
-                        .unwrap_or(0);
-                    self.admit((at.0, o), not_before);
-                }
+                Some(o) => self.admit((at.0, o)),
                 None => {
                     self.busy_keys.remove(&slot);
                 }
@@ -885,7 +882,7 @@ impl Pump {
         }
     }
 
-    fn copy(&mut self, at: HeldKey, answer: Option<(RequestId, usize)>, what: Copy) {
+    fn copy(&mut self, at: HeldKey, answer: Option<(RequestId, usize)>, what: CopyKind) {
         let Some(h) = self.held.get_mut(&at) else {
             return;
         };
@@ -894,14 +891,7 @@ impl Pump {
         }
         h.state = State::Copying;
         let msg = h.msg.clone();
-        let origin = record::decode(&msg)
-            .layer
-            .get(wire::ORIGIN)
-            .and_then(|o| parse_origin(o))
-            .unwrap_or(Position::Offset {
-                partition: msg.partition() as u32,
-                offset: msg.offset() as u64,
-            });
+        let origin = h.position;
         let (count, first_ms, last_ms) =
             (h.count, h.first_ms, h.last_ms.max(h.first_ms.unwrap_or(0)));
         let inner = self.inner.clone();
@@ -909,7 +899,7 @@ impl Pump {
         let group = self.group.clone();
         self.copies.push(Box::pin(async move {
             let result = match what {
-                Copy::DeadLetter(reason) => {
+                CopyKind::DeadLetter(reason) => {
                     let death = Death {
                         group: &group.group,
                         reason: &reason,
@@ -920,7 +910,7 @@ impl Pump {
                     };
                     dead_letters::write(&inner, &names, &msg, &death).await
                 }
-                Copy::Retry { due, reason } => {
+                CopyKind::Retry { due, reason } => {
                     let reason: String = reason.chars().take(dead_letters::MAX_REASON).collect();
                     let mut set = vec![
                         (record::DELIVERIES, count.to_string()),
@@ -984,7 +974,7 @@ impl Pump {
     }
 }
 
-enum Copy {
+enum CopyKind {
     DeadLetter(String),
     Retry { due: u64, reason: String },
 }

@@ -380,45 +380,6 @@ async fn a_second_member_joining_and_the_first_leaving_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a timing probe"]
-async fn probe_throughput() {
-    let c = cluster();
-    c.mock.create_topic("tp", 4, 1).unwrap();
-    let t = connect(&c, "").await;
-    topic_with(&t, "tp", 4).await;
-    let names: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
-    let items: Vec<(&str, Option<&str>)> = names
-        .iter()
-        .map(|n| (n.as_str(), Some(n.as_str())))
-        .collect();
-    let t0 = Instant::now();
-    for _ in 0..10 {
-        t.publish("tp", &batch("tp", &items)).await.unwrap();
-    }
-    eprintln!("PUBLISH 5000 in {:?}", t0.elapsed());
-    let mut s = open(&t, "tp", "g", 64).await;
-    let mut n = 0;
-    let mut id = 0;
-    let mut t1 = None;
-    while n < 5000 {
-        match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
-            Ok(Ok(SessionEvent::Deliveries(ds))) => {
-                t1.get_or_insert_with(Instant::now);
-                n += ds.len();
-                id += 1;
-                s.settle(id, Settle::Ack(receipts(&ds)));
-            }
-            Ok(Ok(_)) => {}
-            other => panic!("{other:?} after {n}"),
-        }
-    }
-    eprintln!(
-        "CONSUME 5000 in {:?} (after the first delivery)",
-        t1.unwrap().elapsed()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retriable_produce_errors_are_retried_and_each_record_lands_once() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let c = cluster();
