@@ -56,6 +56,22 @@ fn connect_endpoint(endpoint: String) -> BoxFuture<'static, Arc<dyn Transport>> 
     }
 }
 
+/// `base` with a name prefix of this trial's own (`prefix=conf<pid>-<nanos>-<n>`), for a
+/// broker shared by trials running in parallel.
+fn trial_url(base: &str) -> String {
+    static TRIALS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let n = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!(
+        "{base}{sep}prefix=conf{:x}-{nanos:x}-{n}",
+        std::process::id()
+    )
+}
+
 /// A child consumer of the fixture at `endpoint`: this test binary, re-executed.
 fn spawn_consumer(spec: &ChildConsumer, endpoint: &str) -> Result<Child, Unsupported> {
     let exe = std::env::current_exe().map_err(|e| Unsupported(e.to_string()))?;

@@ -260,19 +260,9 @@ pub fn broker_url() -> Option<String> {
 
 pub fn start_broker() -> BoxFuture<'static, Arc<dyn TransportFixture>> {
     Box::pin(async {
-        static TRIALS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let base = broker_url().expect("checked before the trials were registered");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let n = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sep = if base.contains('?') { '&' } else { '?' };
         Arc::new(KafkaBroker {
-            url: format!(
-                "{base}{sep}prefix=conf{:x}-{nanos:x}-{n}",
-                std::process::id()
-            ),
+            url: crate::trial_url(&base),
         }) as Arc<dyn TransportFixture>
     })
 }

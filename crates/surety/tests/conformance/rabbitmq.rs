@@ -56,16 +56,8 @@ impl Drop for Rabbit {
 pub fn start() -> BoxFuture<'static, Arc<dyn TransportFixture>> {
     Box::pin(async {
         let base = available().expect("checked before the trials were registered");
-        static TRIALS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let n = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prefix = format!("conf{:x}-{nanos:x}-{n}", std::process::id());
-        let sep = if base.contains('?') { '&' } else { '?' };
         Arc::new(Rabbit {
-            url: format!("{base}{sep}prefix={prefix}"),
+            url: crate::trial_url(&base),
         }) as Arc<dyn TransportFixture>
     })
 }
