@@ -21,9 +21,25 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
+/// `true`/`1`/`yes` or `false`/`0`/`no`.
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn booleans_are_words_or_digits() {
+        assert_eq!(parse_bool("yes"), Some(true));
+        assert_eq!(parse_bool("0"), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+    }
 
     #[test]
     fn durations_have_units() {

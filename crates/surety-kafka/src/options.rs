@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use surety_core::url_params::parse_duration;
+use surety_core::url_params::{parse_bool, parse_duration};
 use surety_core::{ErrorKind, TransportError};
 
 use crate::names;
@@ -114,11 +114,8 @@ impl KafkaOptions {
             let value = value.as_ref();
             match key.as_ref() {
                 "require_fsync" => {
-                    o.require_fsync = match value {
-                        "true" | "1" | "yes" => true,
-                        "false" | "0" | "no" => false,
-                        _ => return Err(bad(&key, value, "true or false")),
-                    }
+                    o.require_fsync =
+                        parse_bool(value).ok_or_else(|| bad(&key, value, "true or false"))?
                 }
                 "prefix" => {
                     if !names::valid_prefix(value) {
